@@ -1,0 +1,139 @@
+"""The REST API: health, readiness and prediction. Domain errors become HTTP errors here."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from inference.errors import DoctorAIError, ImageTooLarge, InvalidInput
+from inference.imaging import to_png_bytes
+from inference.manager import ModelState
+from inference.runtime import Runtime
+from inference.service import RESEARCH_NOTICE
+
+log = logging.getLogger(__name__)
+
+APP_VERSION = "0.1.0"
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    model_version: str
+    label: str
+    label_name: str
+    probabilities: dict[str, float]
+    heatmap_png_base64: str | None
+    timing_ms: float
+    timing_breakdown_ms: dict[str, float]
+    cached: bool
+    sha256: str
+    notice: str = RESEARCH_NOTICE
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Typed domain errors -> their HTTP status with the user-facing message; anything
+    unexpected -> a plain 500 without a stack trace (the trace goes to the log)."""
+
+    @app.exception_handler(DoctorAIError)
+    async def _domain(_: Request, exc: DoctorAIError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, "error": type(exc).__name__}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["api"])
+    settings = runtime.settings
+
+    @router.get("/health")
+    def health() -> dict[str, str]:
+        """Liveness: the process answers. Never touches a model."""
+        return {"status": "ok", "version": APP_VERSION}
+
+    @router.get("/ready")
+    def ready() -> JSONResponse:
+        """Readiness: per-model state; 503 while a preloaded model is still loading."""
+        models = runtime.manager.status()
+        waiting = [m for m in settings.preload if models.get(m, {}).get("state") in ("loading", "not_loaded")]
+        body: dict[str, Any] = {
+            "status": "loading" if waiting else "ready",
+            "version": APP_VERSION,
+            "models": models,
+            "cache": runtime.cache.stats(),
+        }
+        return JSONResponse(body, status_code=503 if waiting else 200)
+
+    @router.get("/models")
+    def models() -> list[dict[str, Any]]:
+        """The registry as clients need it: ids, classes, heads, versions, states."""
+        status = runtime.manager.status()
+        return [
+            {
+                "id": s.id,
+                "display_name": s.display_name,
+                "modality": s.modality,
+                "head": s.head.value,
+                "classes": [c.model_dump() for c in s.classes],
+                "version": s.version,
+                "state": status[s.id]["state"],
+            }
+            for s in runtime.registry
+        ]
+
+    @router.post("/predict/{model_id}", response_model=PredictResponse)
+    def predict(
+        request: Request,
+        model_id: str,
+        file: Annotated[UploadFile | None, File(description="PNG, JPEG, BMP, TIFF, WebP or DICOM")] = None,
+        explain: Annotated[bool, Query()] = False,
+        explain_form: Annotated[bool | None, Form(alias="explain")] = None,
+        opacity: Annotated[float, Query(ge=0.0, le=1.0)] = settings.heatmap_opacity,
+    ) -> PredictResponse:
+        """Classify one image; ``explain=true`` adds a Grad-CAM overlay as base64 PNG."""
+        spec = runtime.registry[model_id]
+        if not spec.is_image_model:
+            raise InvalidInput(f"{model_id} is not an image model; image models: {[s.id for s in runtime.registry.image_models()]}")
+        if file is None:
+            raise InvalidInput("send the image as a multipart form field named 'file'")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+            raise ImageTooLarge(f"the upload is larger than the {settings.max_upload_mb:.0f} MB limit")
+        # Read at most limit+1 bytes: a lying or missing Content-Length cannot make us hold more.
+        data = file.file.read(settings.max_upload_bytes + 1)
+        want_cam = explain or bool(explain_form)
+        result = runtime.analyzer.analyze(model_id, data, filename=file.filename, explain=want_cam, need_pixels=want_cam)
+        heatmap = None
+        if want_cam:
+            img = result.explanation_image(opacity, settings.heatmap_colormap)
+            if img is not None:
+                heatmap = base64.b64encode(to_png_bytes(img)).decode("ascii")
+        return PredictResponse(
+            model_id=spec.id,
+            model_version=spec.version,
+            label=result.label,
+            label_name=result.label_name,
+            probabilities=result.probabilities,
+            heatmap_png_base64=heatmap,
+            timing_ms=round(result.timing_ms.get("total", 0.0), 3),
+            timing_breakdown_ms={k: round(v, 3) for k, v in result.timing_ms.items()},
+            cached=result.cached,
+            sha256=result.sha256,
+        )
+
+    return router
+
+
+def raise_http(exc: DoctorAIError) -> HTTPException:
+    """For code paths that want an ``HTTPException`` object rather than the handler."""
+    return HTTPException(exc.status_code, exc.message)
+
+
+__all__ = ["APP_VERSION", "ModelState", "build_router", "install_error_handlers"]

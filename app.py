@@ -1,0 +1,81 @@
+"""DoctorAI entry point: wires settings -> runtime -> FastAPI (REST) -> Gradio UI.
+
+Nothing heavy happens at import: ``app`` is built on first attribute access, so
+``uvicorn app:app`` works and ``import app`` stays cheap. No model loads until used
+(or until the lifespan preloads ``DOCTORAI_PRELOAD``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("doctorai")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI app with the Gradio UI mounted at ``/``."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from api.routes import APP_VERSION, build_router, install_error_handlers
+    from inference.runtime import build_runtime
+    from tabs import CSS, build_ui
+
+    settings = settings or get_settings()
+    runtime = build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.preload:
+            runtime.manager.preload(settings.preload, background=True)
+        yield
+        runtime.cache.close()
+
+    api = FastAPI(title="DoctorAI", version=APP_VERSION, lifespan=lifespan)
+    api.state.runtime = runtime
+    install_error_handlers(api)
+    api.include_router(build_router(runtime))
+    blocks = build_ui(runtime)
+    return gr.mount_gradio_app(
+        api,
+        blocks,
+        path="/",
+        css=CSS,
+        max_file_size=settings.max_upload_bytes,
+        show_error=True,
+        ssr_mode=False,
+        footer_links=["api"],
+    )
+
+
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `uvicorn app:app` gets the app, built once, on first access.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)
+
+
+def main() -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+
+
+if __name__ == "__main__":
+    main()

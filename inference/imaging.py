@@ -1,0 +1,632 @@
+"""Turn uploaded bytes into a safe, uniform RGB image.
+
+Everything a user uploads passes through :func:`decode_image` before any model sees it. The
+function's job is to be boring and strict:
+
+* the format is decided by the content (magic bytes), never by the file name, and only
+  PNG, JPEG, BMP, TIFF, WebP and DICOM are accepted;
+* image dimensions are checked from the header *before* any pixel is decoded, so a
+  decompression bomb never gets to allocate its memory;
+* every failure surfaces as one of the typed errors in :mod:`inference.errors`, whose
+  message tells the user what is allowed;
+* the output is always an ``HxWx3`` C-contiguous ``uint8`` RGB array, whatever the input
+  mode (palette, alpha, CMYK, 16-bit, float, DICOM grayscale with windowing, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from inference.errors import (
+    CorruptImage,
+    DoctorAIError,
+    ImageTooLarge,
+    InvalidInput,
+    UnsupportedDicom,
+    UnsupportedImage,
+)
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "ALLOWED_FORMATS_TEXT",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
+    "decode_image",
+    "sha256_bytes",
+    "to_png_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+ALLOWED_FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)"
+
+_MIB = 1024 * 1024
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+
+# Magic numbers of the raster formats we hand to Pillow. The value is the Pillow plugin
+# name, which we pass to ``Image.open(formats=...)`` so Pillow cannot be talked into a
+# different (possibly riskier, e.g. EPS via Ghostscript) plugin by a crafted file.
+_PILLOW_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),  # BigTIFF
+)
+
+# Formats people commonly upload by mistake; naming them makes the rejection message useful.
+_KNOWN_OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"PK\x05\x06", "a ZIP archive"),
+    (b"%PDF", "a PDF document"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+)
+
+# Channel-less high-bit-depth Pillow modes: converted by min-max scaling, because Pillow's
+# own ``convert("L")`` clips them to 0..255 and turns most 12/16-bit scans into white.
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded upload.
+
+    Attributes:
+        pixels: ``HxWx3`` ``uint8`` RGB, C-contiguous.
+        format: ``"PNG"``, ``"JPEG"``, ``"BMP"``, ``"TIFF"``, ``"WEBP"`` or ``"DICOM"``.
+        sha256: hex SHA-256 of the raw input bytes (cache key; computed once here).
+        meta: facts about the source, e.g. original mode and size; for DICOM also modality,
+            photometric interpretation, frame count, frame used and the window applied.
+    """
+
+    pixels: np.ndarray
+    format: str
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(
+    data: bytes,
+    *,
+    filename: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode uploaded bytes into an RGB ``uint8`` image.
+
+    Args:
+        data: the raw file content.
+        filename: the client's file name. Only used to allow DICOM files that lack the
+            128-byte preamble (``.dcm``/``.dicom``); the format is always sniffed from
+            the content.
+        max_bytes: reject inputs longer than this.
+        max_pixels: reject images whose width x height (per frame) exceeds this. Checked
+            from the header before decoding, so decompression bombs never expand.
+
+    Returns:
+        The decoded image, see :class:`DecodedImage`.
+
+    Raises:
+        InvalidInput: empty or non-bytes input.
+        ImageTooLarge: too many bytes or too many pixels.
+        UnsupportedImage: not one of the accepted formats.
+        UnsupportedDicom: a DICOM file without a usable image.
+        CorruptImage: a supported format that cannot be decoded (truncated, damaged).
+
+    No other exception escapes: unexpected failures are logged and reported as
+    :class:`CorruptImage`.
+    """
+    raw = _coerce_bytes(data)
+    if len(raw) > max_bytes:
+        raise ImageTooLarge(
+            f"The file is {len(raw) / _MIB:.2f} MB; the maximum upload size is "
+            f"{_format_mb(max_bytes)}. Upload a smaller {ALLOWED_FORMATS_TEXT} image."
+        )
+    digest = sha256_bytes(raw)
+    fmt = _sniff_format(raw)
+    try:
+        if fmt == "DICOM":
+            pixels, meta = _decode_dicom(raw, max_pixels=max_pixels, force=False)
+        elif fmt is not None:
+            pixels, meta = _decode_pillow(raw, fmt, max_pixels=max_pixels)
+        elif filename is not None and filename.lower().endswith(_DICOM_SUFFIXES):
+            # Some PACS exports omit the preamble and "DICM" marker; only then do we let
+            # the file name tip the balance, and pydicom still has to make sense of it.
+            fmt = "DICOM"
+            pixels, meta = _decode_dicom(raw, max_pixels=max_pixels, force=True)
+        else:
+            raise UnsupportedImage(_unsupported_message(raw))
+    except DoctorAIError:
+        raise
+    except MemoryError as exc:
+        logger.warning("out of memory decoding a %s upload (%d bytes)", fmt, len(raw))
+        raise ImageTooLarge(
+            "The image needs more memory to decode than is available. Upload a smaller "
+            f"{ALLOWED_FORMATS_TEXT} image."
+        ) from exc
+    except Exception as exc:  # the contract: only typed errors escape
+        logger.exception("unexpected error decoding a %s upload (sha256=%s)", fmt, digest)
+        raise CorruptImage(_corrupt_message(fmt)) from exc
+
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    # A final shape check: a bug in a conversion branch must not hand models a bad array.
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        logger.error("decoder produced shape %s for a %s upload", pixels.shape, fmt)
+        raise CorruptImage(_corrupt_message(fmt))
+    assert fmt is not None  # for mypy: every path that reaches here has set it
+    return DecodedImage(pixels=pixels, format=fmt, sha256=digest, meta=meta)
+
+
+def to_png_bytes(pixels: np.ndarray, compress_level: int = 3) -> bytes:
+    """Encode a ``uint8`` array (``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4``) as PNG.
+
+    ``compress_level`` is zlib's 0..9; the default trades a little size for speed, which
+    suits previews and heatmaps that are produced per request.
+
+    Raises:
+        ValueError: wrong dtype, shape or compression level (a programming error, not a
+            user error, so it is not one of the typed domain errors).
+    """
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level must be 0..9, got {compress_level}")
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"to_png_bytes needs a uint8 array, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"to_png_bytes needs HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"to_png_bytes needs a non-empty image, got shape {arr.shape}")
+    image = Image.fromarray(np.ascontiguousarray(arr))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _coerce_bytes(data: object) -> bytes:
+    if isinstance(data, bytes):
+        raw = data
+    elif isinstance(data, (bytearray, memoryview)):
+        raw = bytes(data)
+    else:
+        raise InvalidInput(
+            f"expected the file content as bytes, got {type(data).__name__}; "
+            f"upload a {ALLOWED_FORMATS_TEXT} image"
+        )
+    if not raw:
+        raise InvalidInput(f"empty file: the upload contained no data; upload a {ALLOWED_FORMATS_TEXT} image")
+    return raw
+
+
+def _format_mb(n_bytes: int) -> str:
+    return f"{n_bytes / _MIB:g} MB"
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """Return the format name from magic bytes, or None when it is not one we read."""
+    # DICOM first: its 128-byte preamble is free-form and may itself look like a TIFF
+    # header (dual-personality files), and the DICOM reading is the one we want then.
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    for magic, name in _PILLOW_MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _unsupported_message(data: bytes) -> str:
+    what = ""
+    for magic, description in _KNOWN_OTHER_MAGIC:
+        if data.startswith(magic):
+            what = f" (it looks like {description})"
+            break
+    else:
+        head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+        if head.startswith((b"<svg", b"<?xml", b"<!doctype", b"<html")) or b"<svg" in head:
+            what = " (it looks like SVG, XML or HTML, which are not accepted)"
+    return f"Unsupported file type{what}. Upload a {ALLOWED_FORMATS_TEXT} image."
+
+
+def _corrupt_message(fmt: str | None) -> str:
+    label = fmt if fmt and fmt != "WEBP" else ("WebP" if fmt else "image")
+    return (
+        f"The {label} file could not be decoded; it looks truncated or damaged. "
+        f"Re-export it and upload a complete {ALLOWED_FORMATS_TEXT} image."
+    )
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int, what: str = "image") -> ImageTooLarge:
+    return ImageTooLarge(
+        f"The {what} is {width}x{height} = {width * height:,} pixels; the limit is "
+        f"{max_pixels:,} pixels. Downscale it and upload a {ALLOWED_FORMATS_TEXT} image."
+    )
+
+
+def _minmax_to_uint8(arr: np.ndarray, ignore: float | None = None) -> tuple[np.ndarray, float, float]:
+    """Linearly map the finite range of ``arr`` onto 0..255.
+
+    ``ignore`` excludes one value (DICOM Pixel Padding Value) from the range estimate, so the
+    padding around a CT scan does not squash the anatomy into a few grey levels.
+    """
+    values = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(values)
+    sample = values[finite] if not finite.all() else values
+    if ignore is not None and sample.size:
+        kept = sample[sample != ignore]
+        sample = kept if kept.size else sample
+    if sample.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
+    low, high = float(sample.min()), float(sample.max())
+    if high <= low:
+        # A constant image carries no contrast; mid-grey would invent some, black does not.
+        return np.zeros(values.shape, dtype=np.uint8), low, high
+    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), low, high
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, np.newaxis], 3, axis=2)
+
+
+# --------------------------------------------------------------------------- Pillow
+
+
+def _decode_pillow(data: bytes, fmt: str, *, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    try:
+        # ``formats=`` pins the plugin to the sniffed format. Image.open only parses the
+        # header; pixel data is read by load() below, after our size check.
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (2x Image.MAX_IMAGE_PIXELS) fired while parsing the header.
+        logger.info("Pillow refused a %s decompression bomb: %s", fmt, exc)
+        raise ImageTooLarge(
+            f"The image has too many pixels; the limit is {max_pixels:,} pixels. "
+            f"Downscale it and upload a {ALLOWED_FORMATS_TEXT} image."
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        logger.info("Pillow could not open a %s upload: %s", fmt, exc)
+        raise CorruptImage(_corrupt_message(fmt)) from exc
+
+    with image:
+        width, height = image.size
+        # The bomb guard proper: dimensions come from the header, nothing is decoded yet.
+        # We do not lower the process-wide Image.MAX_IMAGE_PIXELS because other modules
+        # share it; our limit is per call.
+        if width * height > max_pixels:
+            raise _too_many_pixels(width, height, max_pixels)
+        meta: dict[str, Any] = {"mode": image.mode, "size": (width, height)}
+        try:
+            # Multi-page TIFF / animated WebP: only the first frame is used. is_animated
+            # is cheap (it only looks for a second frame), unlike n_frames on TIFF.
+            meta["animated"] = bool(getattr(image, "is_animated", False))
+            if meta["animated"]:
+                image.seek(0)
+            image.load()
+            oriented = _apply_exif_orientation(image, meta)
+            pixels = _pillow_to_rgb(oriented, meta)
+        except DoctorAIError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise _too_many_pixels(width, height, max_pixels) from exc
+        except MemoryError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
+            # OSError covers "image file is truncated" and zlib/codec errors, SyntaxError
+            # "broken PNG file"; struct.error is a subclass of Exception only and lands in
+            # decode_image's generic handler, which also yields CorruptImage.
+            logger.info("Pillow could not decode a %s upload: %s", fmt, exc)
+            raise CorruptImage(_corrupt_message(fmt)) from exc
+    return pixels, meta
+
+
+def _apply_exif_orientation(image: Image.Image, meta: dict[str, Any]) -> Image.Image:
+    """Rotate/flip according to the EXIF Orientation tag (phones store portrait as rotated)."""
+    try:
+        orientation = image.getexif().get(0x0112)
+        transposed = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - broken EXIF must not reject a good image
+        logger.warning("ignoring unreadable EXIF data: %s", exc)
+        meta["exif_orientation"] = None
+        return image
+    meta["exif_orientation"] = orientation
+    return transposed if transposed is not None else image
+
+
+def _pillow_to_rgb(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:
+    mode = image.mode
+    if mode in _HIGH_DEPTH_MODES:
+        gray, low, high = _minmax_to_uint8(np.asarray(image))
+        meta["intensity_range"] = (low, high)
+        return _gray_to_rgb(gray)
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        # Composite over black rather than dropping alpha: fully transparent pixels often
+        # hold arbitrary colour that would otherwise show up as noise for the model.
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        alpha = rgba[:, :, 3:4]
+        return ((rgba[:, :, :3] * alpha + 127) // 255).astype(np.uint8)
+    try:
+        # Covers 1, L, P, RGB, RGBX, CMYK, YCbCr, HSV: Pillow knows these conversions.
+        rgb = image.convert("RGB")
+    except ValueError as exc:
+        raise UnsupportedImage(
+            f"Images in colour mode {mode} are not supported. Save it as 8-bit RGB or "
+            f"grayscale and upload a {ALLOWED_FORMATS_TEXT} image."
+        ) from exc
+    return np.asarray(rgb)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(data: bytes, *, max_pixels: int, force: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    # Imported lazily: pydicom (and its plugin discovery) is only paid for by DICOM uploads.
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import as_pixel_options, get_decoder
+    from pydicom.uid import (
+        UID,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    try:
+        ds = dcmread(io.BytesIO(data), force=force)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        if force:
+            # Only the file name suggested DICOM; the content does not back it up.
+            raise UnsupportedImage(_unsupported_message(data)) from exc
+        logger.info("pydicom could not parse a DICOM upload: %s", exc)
+        raise CorruptImage(_corrupt_message("DICOM")) from exc
+
+    if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if force and "SOPClassUID" not in ds:
+            # force=True "parses" almost anything; without a SOP class it is not DICOM.
+            raise UnsupportedImage(_unsupported_message(data))
+        raise UnsupportedDicom(
+            "DICOM file has no pixel data (e.g. a structured report); upload an image series "
+            f"file. Accepted: {ALLOWED_FORMATS_TEXT}."
+        )
+
+    file_meta = ds.file_meta
+    tsyntax = file_meta.get("TransferSyntaxUID")
+    if tsyntax is None:
+        # Files without a File Meta header: the encoding pydicom detected while reading is
+        # the transfer syntax (such files are always uncompressed).
+        implicit, little = ds.original_encoding
+        tsyntax = (
+            ImplicitVRLittleEndian
+            if implicit
+            else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        )
+        file_meta.TransferSyntaxUID = tsyntax
+    tsyntax = UID(str(tsyntax))
+    ts_label = f"{tsyntax.name} ({tsyntax})" if tsyntax.name != str(tsyntax) else str(tsyntax)
+
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as exc:
+        raise UnsupportedDicom(
+            f"DICOM transfer syntax {ts_label} cannot be decoded. Convert the file to an "
+            f"uncompressed or JPEG/JPEG 2000 DICOM, or upload a {ALLOWED_FORMATS_TEXT} image."
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        logger.error("no DICOM decoder plugin for %s (missing: %s)", tsyntax, missing)
+        raise UnsupportedDicom(
+            f"No decoder is installed for DICOM transfer syntax {ts_label}. Convert the file "
+            f"to uncompressed DICOM, or upload a {ALLOWED_FORMATS_TEXT} image."
+        )
+
+    rows = _dicom_int(ds, "Rows")
+    columns = _dicom_int(ds, "Columns")
+    samples = _dicom_int(ds, "SamplesPerPixel", default=1)
+    frames = max(_dicom_int(ds, "NumberOfFrames", default=1), 1)
+    if rows <= 0 or columns <= 0 or samples not in (1, 3):
+        raise CorruptImage(_corrupt_message("DICOM"))
+    # Only one frame is ever decoded (pixel_array(index=...)), so the per-frame size is what
+    # bounds the memory we allocate; the whole volume is already bounded by max_bytes for
+    # native data, and compressed frames other than the chosen one stay compressed.
+    if rows * columns > max_pixels:
+        raise _too_many_pixels(columns, rows, max_pixels, what="DICOM frame")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    frame_index = frames // 2 if frames > 1 else None
+
+    try:
+        arr, px_meta = decoder.as_array(
+            ds, index=frame_index, validate=True, raw=False, **as_pixel_options(ds)
+        )
+    except (ValueError, RuntimeError, OSError, EOFError, KeyError, IndexError, AttributeError) as exc:
+        # pydicom raises ValueError for pixel data shorter than Rows*Columns*..., and
+        # RuntimeError when every plugin failed to decompress a frame.
+        logger.info("pydicom could not decode DICOM pixel data (%s): %s", tsyntax, exc)
+        raise CorruptImage(_corrupt_message("DICOM")) from exc
+    if arr.ndim == 4 or (samples == 1 and arr.ndim == 3):
+        arr = arr[0]  # defensive: a decoder that ignored index still gives one frame
+
+    # raw=False makes pydicom convert YBR_FULL/YBR_FULL_422 (and J2K's YBR_RCT/ICT) to RGB;
+    # the decoder's output metadata says what we actually got.
+    out_photometric = str(px_meta.get("photometric_interpretation", photometric)).upper()
+    meta: dict[str, Any] = {
+        "modality": str(ds.get("Modality", "")) or None,
+        "photometric": photometric,
+        "transfer_syntax": tsyntax.name,
+        "rows": rows,
+        "columns": columns,
+        "frames": frames,
+        "frame_used": frame_index if frame_index is not None else 0,
+        "window": None,
+    }
+
+    if samples == 3:
+        pixels = _dicom_color_to_rgb(arr, ds, out_photometric)
+    elif photometric == "PALETTE COLOR":
+        pixels = _dicom_palette_to_rgb(arr, ds)
+    else:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            logger.warning("treating DICOM photometric %r as MONOCHROME2", photometric)
+        gray, window = _dicom_gray_to_uint8(arr, ds)
+        if photometric == "MONOCHROME1":
+            # MONOCHROME1 means "low values are bright"; invert after the VOI step so the
+            # window still selects the same tissue range.
+            gray = 255 - gray
+        meta["window"] = window
+        pixels = _gray_to_rgb(gray)
+    return pixels, meta
+
+
+def _dicom_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise CorruptImage(_corrupt_message("DICOM"))
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        logger.info("invalid DICOM %s value %r", keyword, value)
+        raise CorruptImage(_corrupt_message("DICOM")) from exc
+
+
+def _dicom_color_to_rgb(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    from pydicom.pixels import convert_color_space
+
+    if photometric in ("YBR_FULL", "YBR_FULL_422") and arr.dtype == np.uint8:
+        arr = convert_color_space(arr, photometric, "RGB")
+    elif photometric != "RGB":
+        raise UnsupportedDicom(
+            f"DICOM photometric interpretation {photometric} is not supported. Convert it to "
+            f"RGB or grayscale, or upload a {ALLOWED_FORMATS_TEXT} image."
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer):
+        # Scale by the declared bit depth rather than min-max, which would distort colours.
+        bits = _dicom_int(ds, "BitsStored", default=arr.dtype.itemsize * 8)
+        top = float(2**bits - 1)
+        scaled = np.clip(arr.astype(np.float64), 0, top) * (255.0 / top)
+        return np.rint(scaled).astype(np.uint8)
+    rgb, _, _ = _minmax_to_uint8(arr)
+    return rgb
+
+
+def _dicom_palette_to_rgb(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    rgb = apply_color_lut(arr, ds)
+    if rgb.dtype == np.uint8:
+        return rgb
+    # 16-bit palette entries: keep the top byte.
+    return (rgb.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def _dicom_gray_to_uint8(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
+    """Modality LUT, then VOI LUT/window, then scale to 0..255.
+
+    Returns the 8-bit image and a description of the intensity mapping used.
+    """
+    from pydicom.pixels import apply_rescale, apply_voi_lut
+
+    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
+    values = apply_rescale(arr, ds) if has_rescale else arr
+    has_voi_lut = bool(ds.get("VOILUTSequence"))
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+
+    if has_voi_lut or has_window:
+        try:
+            windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            low, high = _voi_output_range(ds, use_lut=has_voi_lut)
+        except (ValueError, NotImplementedError, IndexError, TypeError, KeyError) as exc:
+            # A bad window (width 0, unsupported LUT depth) should not sink the image:
+            # fall back to the data's own range.
+            logger.warning("ignoring unusable DICOM VOI/window: %s", exc)
+        else:
+            if high > low:
+                scaled = (np.asarray(windowed, dtype=np.float64) - low) * (255.0 / (high - low))
+                gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+                if has_voi_lut:
+                    return gray, {"type": "voi_lut"}
+                center, width = _first_window(ds)
+                return gray, {"type": "window", "center": center, "width": width}
+
+    if not has_rescale and values.dtype == np.uint8 and _dicom_int(ds, "BitsStored", default=8) == 8:
+        # Already display-ready 8-bit data (e.g. secondary capture): stretching it would
+        # change what the sender saw.
+        return np.asarray(values), {"type": "none"}
+    padding = ds.get("PixelPaddingValue")
+    ignore: float | None = None
+    if padding is not None and not has_rescale:
+        try:
+            ignore = float(padding)
+        except (TypeError, ValueError):
+            ignore = None
+    gray, low, high = _minmax_to_uint8(values, ignore=ignore)
+    return gray, {"type": "minmax", "low": low, "high": high}
+
+
+def _first_window(ds: Dataset) -> tuple[float, float]:
+    def first(value: Any) -> float:
+        # Window Center/Width are multi-valued when several presets are stored; pydicom's
+        # apply_voi_lut(index=0) uses the first, so we report the first.
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return float(value[0])
+        return float(value)
+
+    return first(ds.WindowCenter), first(ds.WindowWidth)
+
+
+def _voi_output_range(ds: Dataset, *, use_lut: bool) -> tuple[float, float]:
+    """The output range of the VOI step, so that it maps onto 0..255 exactly.
+
+    pydicom's windowing maps into the stored-value range (which depends on BitsStored,
+    signedness and rescale), and a VOI LUT into its entry range. Rather than re-deriving
+    those rules, evaluate the same transform on inputs far outside/covering its domain.
+    """
+    from pydicom.pixels import apply_voi_lut
+
+    if use_lut:
+        item = ds.VOILUTSequence[0]
+        n_entries, first_mapped = int(item.LUTDescriptor[0]), int(item.LUTDescriptor[1])
+        n_entries = n_entries or 65536  # 0 means 2**16 entries (PS3.3 C.11.2.1.1)
+        # Every entry of the LUT is reached by some input, so its output range is the
+        # range of the LUT itself.
+        probe = np.arange(first_mapped, first_mapped + n_entries, dtype=np.int64)
+        out = apply_voi_lut(probe, ds, index=0, prefer_lut=True)
+    else:
+        center, width = _first_window(ds)
+        span = abs(width) * 100.0 + 1.0  # far enough to saturate LINEAR and SIGMOID alike
+        probe = np.array([center - span, center + span], dtype=np.float64)
+        out = apply_voi_lut(probe, ds, index=0, prefer_lut=False)
+    out = np.asarray(out, dtype=np.float64)
+    return float(out.min()), float(out.max())

@@ -1,0 +1,45 @@
+"""Builds the process-wide inference objects from settings (no web imports here)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from inference.cache import PredictionCache
+from inference.manager import ModelManager
+from inference.registry import Registry
+from inference.service import Analyzer
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything the edges (tabs, REST API) share: one of each per process."""
+
+    settings: Settings
+    registry: Registry
+    manager: ModelManager
+    cache: PredictionCache
+    analyzer: Analyzer
+
+
+def build_runtime(settings: Settings, registry: Registry | None = None) -> Runtime:
+    """Cheap: reads the registry and opens the cache; loads no model."""
+    registry = registry or Registry.from_yaml(settings.registry_file)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    manager = ModelManager(
+        registry,
+        settings.model_dir,
+        device=settings.device,
+        memory_budget_bytes=settings.memory_budget_mb * 2**20,
+    )
+    cache = PredictionCache(
+        settings.resolved_cache_dir if settings.cache_enabled else None,
+        size_limit_bytes=settings.cache_size_mb * 2**20,
+        ttl_s=settings.cache_ttl_s,
+    )
+    analyzer = Analyzer(manager, cache, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+    log.info("runtime ready: %d models registered, model dir %s", len(registry), settings.model_dir)
+    return Runtime(settings, registry, manager, cache, analyzer)

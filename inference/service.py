@@ -1,0 +1,126 @@
+"""The analysis pipeline shared by the UI and the REST API.
+
+bytes -> (size check, sha256 once) -> cache lookup -> decode once -> shared model ->
+prediction -> cache store. A cache hit never touches the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inference.backends.base import Prediction
+from inference.cache import PredictionCache, cache_key
+from inference.errors import ImageTooLarge, InvalidInput
+from inference.explain import render_explanation
+from inference.imaging import DecodedImage, decode_image, sha256_bytes
+from inference.manager import ModelManager
+from inference.overlay import display_image
+from inference.registry import ModelSpec
+
+RESEARCH_NOTICE = "Research use only, not a diagnosis."
+
+
+@dataclass
+class AnalysisResult:
+    """A prediction with everything a tab or an API response needs."""
+
+    spec: ModelSpec
+    prediction: Prediction
+    cached: bool
+    sha256: str
+    timing_ms: dict[str, float]
+    image: DecodedImage | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.id
+
+    @property
+    def label(self) -> str:
+        return self.prediction.label
+
+    @property
+    def label_name(self) -> str:
+        return self.spec.class_names.get(self.label, self.label)
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return self.prediction.probabilities
+
+    def display_pixels(self, max_side: int = 768) -> np.ndarray | None:
+        return None if self.image is None else display_image(self.image.pixels, max_side)
+
+    def explanation_image(self, opacity: float, colormap: str = "jet", max_side: int = 768) -> np.ndarray | None:
+        """The explanation rendered over the (display-sized) input, or None without one."""
+        pixels = self.display_pixels(max_side)
+        if pixels is None or self.prediction.explanation is None:
+            return None
+        return render_explanation(pixels, self.prediction, opacity=opacity, colormap=colormap)
+
+
+class Analyzer:
+    """Runs one analysis; thread-safe, shared by every request."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        cache: PredictionCache,
+        *,
+        max_bytes: int,
+        max_pixels: int,
+    ) -> None:
+        self.manager = manager
+        self.cache = cache
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+
+    def decode(self, data: bytes, filename: str | None = None) -> DecodedImage:
+        return decode_image(data, filename=filename, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    def analyze(
+        self,
+        model_id: str,
+        data: bytes,
+        *,
+        filename: str | None = None,
+        explain: bool = True,
+        need_pixels: bool = True,
+    ) -> AnalysisResult:
+        """Analyse one uploaded file with one model.
+
+        ``need_pixels=False`` lets a cache hit skip decoding entirely (REST without heatmap).
+        """
+        spec = self.manager.registry[model_id]
+        if not spec.is_image_model:
+            raise InvalidInput(f"{spec.display_name} does not analyse images")
+        if not data:
+            raise InvalidInput("the uploaded file is empty; upload a PNG, JPEG, BMP, TIFF, WebP or DICOM image")
+        if len(data) > self.max_bytes:
+            raise ImageTooLarge(f"the file is {len(data) / 2**20:.1f} MB; the limit is {self.max_bytes / 2**20:.0f} MB")
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        sha = sha256_bytes(data)
+        key = cache_key(sha, spec.id, spec.version, explain)
+        hit = self.cache.get(key)
+        timing["cache_lookup"] = (time.perf_counter() - t0) * 1e3
+        image: DecodedImage | None = None
+        if hit is None or need_pixels:
+            t = time.perf_counter()
+            image = self.decode(data, filename)
+            timing["decode"] = (time.perf_counter() - t) * 1e3
+        if hit is not None:
+            timing["total"] = (time.perf_counter() - t0) * 1e3
+            return AnalysisResult(spec, hit, True, sha, timing, image)
+        assert image is not None
+        backend = self.manager.get(spec.id)
+        out = backend.predict([image.pixels], explain=explain)
+        timing.update(out.timing_ms)
+        pred = out.predictions[0]
+        self.cache.set(key, pred)
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        return AnalysisResult(spec, pred, False, sha, timing, image)

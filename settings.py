@@ -1,0 +1,77 @@
+"""The one typed settings object for DoctorAI.
+
+Every knob is read from ``DOCTORAI_*`` environment variables (or a ``.env`` file) here and
+nowhere else; the rest of the code receives a :class:`Settings` instance.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_SECRET = "change-me"  # noqa: S105 - a sentinel that production refuses, not a credential
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Defaults run a self-contained single process."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCTORAI_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+
+    data_dir: Path = PROJECT_ROOT / "data"
+    model_dir: Path = PROJECT_ROOT / "assets" / "models"
+    registry_file: Path = PROJECT_ROOT / "assets" / "models.yaml"
+
+    secret_key: str = DEFAULT_SECRET
+    admin_password: str | None = None
+
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    preload: list[str] = Field(default_factory=list)
+    memory_budget_mb: int = Field(6144, ge=0, description="unload least-recently-used models above this; 0 = no limit")
+
+    cache_enabled: bool = True
+    cache_dir: Path | None = None
+    cache_size_mb: int = Field(512, ge=1)
+    cache_ttl_s: int = Field(3600, ge=0, description="0 = keep until evicted by size")
+
+    max_upload_mb: float = Field(32.0, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+
+    heatmap_opacity: float = Field(0.45, ge=0.0, le=1.0)
+    heatmap_colormap: str = "jet"
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        # Allow DOCTORAI_PRELOAD=brain_tumor,chest_xray as well as JSON lists.
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.env == "production" and (not self.secret_key or self.secret_key == DEFAULT_SECRET):
+            raise ValueError("DOCTORAI_SECRET_KEY must be set to a random value in production")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

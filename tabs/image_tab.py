@@ -1,0 +1,96 @@
+"""One tab per image model, generated from its spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from inference.runtime import Runtime
+from inference.service import AnalysisResult
+from inference.registry import ModelSpec
+from tabs.common import NOTICE_HTML, guarded, model_card_markdown
+
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
+
+
+def _summary(result: AnalysisResult) -> str:
+    p = result.probabilities[result.label]
+    total = result.timing_ms.get("total", 0.0)
+    cache = "✅ cache hit (model not run)" if result.cached else "computed"
+    return (
+        f"**Prediction:** {result.label_name} ({p:.1%})  \n"
+        f"**Time:** {total:.0f} ms · **Cache:** {cache} · **Model:** `{result.model_id}` v{result.spec.version}  \n"
+        f"**Input:** {result.image.format if result.image else '?'} · sha256 `{result.sha256[:12]}…`  \n"
+        "_Research use only, not a diagnosis._"
+    )
+
+
+def build_image_tab(runtime: Runtime, spec: ModelSpec) -> None:
+    settings = runtime.settings
+    names = spec.class_names
+
+    def analyze(path: str | None, opacity: float, show_heatmap: bool) -> tuple[Any, ...]:
+        if not path:
+            raise gr.Error("Upload an image first (PNG, JPEG, BMP, TIFF, WebP or DICOM).")
+        data = Path(path).read_bytes()
+        result = runtime.analyzer.analyze(spec.id, data, filename=Path(path).name, explain=True)
+        label = {names[c]: p for c, p in result.probabilities.items()}
+        view = _render(result, opacity, show_heatmap)
+        return label, view, _summary(result), result
+
+    def rerender(result: AnalysisResult | None, opacity: float, show_heatmap: bool) -> np.ndarray | None:
+        return None if result is None else _render(result, opacity, show_heatmap)
+
+    def _render(result: AnalysisResult, opacity: float, show_heatmap: bool) -> np.ndarray | None:
+        if show_heatmap:
+            img = result.explanation_image(opacity, settings.heatmap_colormap)
+            if img is not None:
+                return img
+        return result.display_pixels()
+
+    with gr.Tab(spec.display_name, id=spec.id, elem_id=f"tab-{spec.id}"):
+        gr.HTML(NOTICE_HTML)
+        missing = runtime.manager.missing_weights_message(spec.id)
+        if missing:
+            gr.Markdown(
+                f"### ⛔ Model not installed\n{missing}.  \n"
+                "Train one with `python -m inference.train "
+                f"{spec.id} --data DIR` or copy a trained file there, then reload this page.",
+                elem_classes=["doctorai-missing"],
+            )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(
+                    label="Image: PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)",
+                    file_types=UPLOAD_TYPES,
+                    type="filepath",
+                    elem_id=f"upload-{spec.id}",
+                )
+                button = gr.Button("Analyze", variant="primary", elem_id=f"analyze-{spec.id}")
+                opacity = gr.Slider(0.0, 1.0, value=settings.heatmap_opacity, step=0.05, label="Heatmap opacity")
+                show = gr.Checkbox(value=True, label="Show Grad-CAM heatmap (untick for the plain image)")
+            with gr.Column(scale=1):
+                label = gr.Label(num_top_classes=len(spec.classes), label="Class probabilities", elem_id=f"label-{spec.id}")
+                view = gr.Image(
+                    label="Grad-CAM overlay",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id=f"heatmap-{spec.id}",
+                )
+                info = gr.Markdown(elem_id=f"info-{spec.id}")
+        with gr.Accordion("Model card", open=False):
+            gr.Markdown(model_card_markdown(spec))
+        state = gr.State(None)
+        button.click(
+            guarded(analyze),
+            inputs=[upload, opacity, show],
+            outputs=[label, view, info, state],
+            api_name=f"predict_{spec.id}",
+            concurrency_limit=None,
+        )
+        for control in (opacity, show):
+            control.change(rerender, inputs=[state, opacity, show], outputs=view, api_visibility="private")
