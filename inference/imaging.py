@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 ALLOWED_FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)"
 
 _MIB = 1024 * 1024
+# A Deflated Explicit VR Little Endian dataset is inflated whole by pydicom; allow it to grow
+# to this many times the upload limit (deflate can reach ~1000x, i.e. a zip bomb).
+_INFLATE_FACTOR = 8
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 
 # Magic numbers of the raster formats we hand to Pillow. The value is the Pillow plugin
@@ -148,17 +153,21 @@ def decode_image(
             f"{_format_mb(max_bytes)}. Upload a smaller {ALLOWED_FORMATS_TEXT} image."
         )
     digest = sha256_bytes(raw)
-    fmt = _sniff_format(raw)
+    sniffed = _sniff_format(raw)
+    # The name reported to the user and in DecodedImage.format; set before decoding so that
+    # error messages can name the format.
+    fmt = sniffed or "image"
+    inflate_limit = _INFLATE_FACTOR * max_bytes
     try:
-        if fmt == "DICOM":
-            pixels, meta = _decode_dicom(raw, max_pixels=max_pixels, force=False)
-        elif fmt is not None:
-            pixels, meta = _decode_pillow(raw, fmt, max_pixels=max_pixels)
+        if sniffed == "DICOM":
+            pixels, meta = _decode_dicom(raw, max_pixels=max_pixels, max_inflated_bytes=inflate_limit, force=False)
+        elif sniffed is not None:
+            pixels, meta = _decode_pillow(raw, sniffed, max_pixels=max_pixels)
         elif filename is not None and filename.lower().endswith(_DICOM_SUFFIXES):
             # Some PACS exports omit the preamble and "DICM" marker; only then do we let
             # the file name tip the balance, and pydicom still has to make sense of it.
             fmt = "DICOM"
-            pixels, meta = _decode_dicom(raw, max_pixels=max_pixels, force=True)
+            pixels, meta = _decode_dicom(raw, max_pixels=max_pixels, max_inflated_bytes=inflate_limit, force=True)
         else:
             raise UnsupportedImage(_unsupported_message(raw))
     except DoctorAIError:
@@ -166,8 +175,7 @@ def decode_image(
     except MemoryError as exc:
         logger.warning("out of memory decoding a %s upload (%d bytes)", fmt, len(raw))
         raise ImageTooLarge(
-            "The image needs more memory to decode than is available. Upload a smaller "
-            f"{ALLOWED_FORMATS_TEXT} image."
+            f"The image needs more memory to decode than is available. Upload a smaller {ALLOWED_FORMATS_TEXT} image."
         ) from exc
     except Exception as exc:  # the contract: only typed errors escape
         logger.exception("unexpected error decoding a %s upload (sha256=%s)", fmt, digest)
@@ -178,7 +186,6 @@ def decode_image(
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         logger.error("decoder produced shape %s for a %s upload", pixels.shape, fmt)
         raise CorruptImage(_corrupt_message(fmt))
-    assert fmt is not None  # for mypy: every path that reaches here has set it
     return DecodedImage(pixels=pixels, format=fmt, sha256=digest, meta=meta)
 
 
@@ -219,8 +226,7 @@ def _coerce_bytes(data: object) -> bytes:
         raw = bytes(data)
     else:
         raise InvalidInput(
-            f"expected the file content as bytes, got {type(data).__name__}; "
-            f"upload a {ALLOWED_FORMATS_TEXT} image"
+            f"expected the file content as bytes, got {type(data).__name__}; upload a {ALLOWED_FORMATS_TEXT} image"
         )
     if not raw:
         raise InvalidInput(f"empty file: the upload contained no data; upload a {ALLOWED_FORMATS_TEXT} image")
@@ -258,8 +264,8 @@ def _unsupported_message(data: bytes) -> str:
     return f"Unsupported file type{what}. Upload a {ALLOWED_FORMATS_TEXT} image."
 
 
-def _corrupt_message(fmt: str | None) -> str:
-    label = fmt if fmt and fmt != "WEBP" else ("WebP" if fmt else "image")
+def _corrupt_message(fmt: str) -> str:
+    label = "WebP" if fmt == "WEBP" else fmt
     return (
         f"The {label} file could not be decoded; it looks truncated or damaged. "
         f"Re-export it and upload a complete {ALLOWED_FORMATS_TEXT} image."
@@ -273,25 +279,26 @@ def _too_many_pixels(width: int, height: int, max_pixels: int, what: str = "imag
     )
 
 
-def _minmax_to_uint8(arr: np.ndarray, ignore: float | None = None) -> tuple[np.ndarray, float, float]:
+def _minmax_to_uint8(arr: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """Linearly map the finite range of ``arr`` onto 0..255.
 
-    ``ignore`` excludes one value (DICOM Pixel Padding Value) from the range estimate, so the
-    padding around a CT scan does not squash the anatomy into a few grey levels.
+    ``exclude`` is a boolean mask of pixels left out of the range estimate (DICOM Pixel
+    Padding), so the padding around a CT scan does not squash the anatomy into a few grey
+    levels; excluded pixels still get mapped (and clipped).
     """
     values = np.asarray(arr, dtype=np.float64)
-    finite = np.isfinite(values)
-    sample = values[finite] if not finite.all() else values
-    if ignore is not None and sample.size:
-        kept = sample[sample != ignore]
-        sample = kept if kept.size else sample
+    usable = np.isfinite(values)
+    if exclude is not None and (usable & ~exclude).any():
+        usable &= ~exclude
+    sample = values if usable.all() else values[usable]
     if sample.size == 0:
         return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
     low, high = float(sample.min()), float(sample.max())
     if high <= low:
         # A constant image carries no contrast; mid-grey would invent some, black does not.
         return np.zeros(values.shape, dtype=np.uint8), low, high
-    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+    finite = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    scaled = (finite - low) * 255.0 / (high - low)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), low, high
 
 
@@ -314,7 +321,7 @@ def _decode_pillow(data: bytes, fmt: str, *, max_pixels: int) -> tuple[np.ndarra
             f"The image has too many pixels; the limit is {max_pixels:,} pixels. "
             f"Downscale it and upload a {ALLOWED_FORMATS_TEXT} image."
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         logger.info("Pillow could not open a %s upload: %s", fmt, exc)
         raise CorruptImage(_corrupt_message(fmt)) from exc
 
@@ -332,6 +339,12 @@ def _decode_pillow(data: bytes, fmt: str, *, max_pixels: int) -> tuple[np.ndarra
             meta["animated"] = bool(getattr(image, "is_animated", False))
             if meta["animated"]:
                 image.seek(0)
+            if fmt == "PNG":
+                # PNG carries a CRC per chunk but Pillow does not check IDAT's while
+                # decoding: a damaged file silently decodes to garbage pixels (seen in
+                # tests). verify() walks the chunks and checks every CRC without inflating.
+                with Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
+                    probe.verify()
             image.load()
             oriented = _apply_exif_orientation(image, meta)
             pixels = _pillow_to_rgb(oriented, meta)
@@ -341,10 +354,10 @@ def _decode_pillow(data: bytes, fmt: str, *, max_pixels: int) -> tuple[np.ndarra
             raise _too_many_pixels(width, height, max_pixels) from exc
         except MemoryError:
             raise
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error) as exc:
             # OSError covers "image file is truncated" and zlib/codec errors, SyntaxError
-            # "broken PNG file"; struct.error is a subclass of Exception only and lands in
-            # decode_image's generic handler, which also yields CorruptImage.
+            # "broken PNG file" (bad CRC), struct.error short headers. Anything else still
+            # lands in decode_image's generic handler, which also yields CorruptImage.
             logger.info("Pillow could not decode a %s upload: %s", fmt, exc)
             raise CorruptImage(_corrupt_message(fmt)) from exc
     return pixels, meta
@@ -355,7 +368,7 @@ def _apply_exif_orientation(image: Image.Image, meta: dict[str, Any]) -> Image.I
     try:
         orientation = image.getexif().get(0x0112)
         transposed = ImageOps.exif_transpose(image)
-    except Exception as exc:  # noqa: BLE001 - broken EXIF must not reject a good image
+    except Exception as exc:  # broken EXIF must not reject a good image
         logger.warning("ignoring unreadable EXIF data: %s", exc)
         meta["exif_orientation"] = None
         return image
@@ -389,10 +402,11 @@ def _pillow_to_rgb(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:
 # --------------------------------------------------------------------------- DICOM
 
 
-def _decode_dicom(data: bytes, *, max_pixels: int, force: bool) -> tuple[np.ndarray, dict[str, Any]]:
+def _decode_dicom(
+    data: bytes, *, max_pixels: int, max_inflated_bytes: int, force: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
     # Imported lazily: pydicom (and its plugin discovery) is only paid for by DICOM uploads.
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.uid import (
         UID,
@@ -401,9 +415,12 @@ def _decode_dicom(data: bytes, *, max_pixels: int, force: bool) -> tuple[np.ndar
         ImplicitVRLittleEndian,
     )
 
+    if not force:
+        # Files without a File Meta header cannot declare the deflated transfer syntax.
+        _guard_deflated_dataset(data, max_inflated_bytes)
     try:
         ds = dcmread(io.BytesIO(data), force=force)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # any parse failure means "not readable DICOM"
         if force:
             # Only the file name suggested DICOM; the content does not back it up.
             raise UnsupportedImage(_unsupported_message(data)) from exc
@@ -425,11 +442,7 @@ def _decode_dicom(data: bytes, *, max_pixels: int, force: bool) -> tuple[np.ndar
         # Files without a File Meta header: the encoding pydicom detected while reading is
         # the transfer syntax (such files are always uncompressed).
         implicit, little = ds.original_encoding
-        tsyntax = (
-            ImplicitVRLittleEndian
-            if implicit
-            else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-        )
+        tsyntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
         file_meta.TransferSyntaxUID = tsyntax
     tsyntax = UID(str(tsyntax))
     ts_label = f"{tsyntax.name} ({tsyntax})" if tsyntax.name != str(tsyntax) else str(tsyntax)
@@ -462,11 +475,10 @@ def _decode_dicom(data: bytes, *, max_pixels: int, force: bool) -> tuple[np.ndar
         raise _too_many_pixels(columns, rows, max_pixels, what="DICOM frame")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     frame_index = frames // 2 if frames > 1 else None
+    _guard_encapsulated_frame(ds, tsyntax, frame_index or 0, frames, rows, columns)
 
     try:
-        arr, px_meta = decoder.as_array(
-            ds, index=frame_index, validate=True, raw=False, **as_pixel_options(ds)
-        )
+        arr, px_meta = decoder.as_array(ds, index=frame_index, validate=True, raw=False, **as_pixel_options(ds))
     except (ValueError, RuntimeError, OSError, EOFError, KeyError, IndexError, AttributeError) as exc:
         # pydicom raises ValueError for pixel data shorter than Rows*Columns*..., and
         # RuntimeError when every plugin failed to decompress a frame.
@@ -573,7 +585,7 @@ def _dicom_gray_to_uint8(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict
             logger.warning("ignoring unusable DICOM VOI/window: %s", exc)
         else:
             if high > low:
-                scaled = (np.asarray(windowed, dtype=np.float64) - low) * (255.0 / (high - low))
+                scaled = (np.asarray(windowed, dtype=np.float64) - low) * 255.0 / (high - low)
                 gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
                 if has_voi_lut:
                     return gray, {"type": "voi_lut"}
@@ -584,14 +596,12 @@ def _dicom_gray_to_uint8(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict
         # Already display-ready 8-bit data (e.g. secondary capture): stretching it would
         # change what the sender saw.
         return np.asarray(values), {"type": "none"}
+    padding_mask: np.ndarray | None = None
     padding = ds.get("PixelPaddingValue")
-    ignore: float | None = None
-    if padding is not None and not has_rescale:
-        try:
-            ignore = float(padding)
-        except (TypeError, ValueError):
-            ignore = None
-    gray, low, high = _minmax_to_uint8(values, ignore=ignore)
+    if isinstance(padding, int):
+        # Padding is given in stored values, so compare before the modality LUT.
+        padding_mask = np.asarray(arr) == padding
+    gray, low, high = _minmax_to_uint8(values, exclude=padding_mask)
     return gray, {"type": "minmax", "low": low, "high": high}
 
 
@@ -630,3 +640,134 @@ def _voi_output_range(ds: Dataset, *, use_lut: bool) -> tuple[float, float]:
         out = apply_voi_lut(probe, ds, index=0, prefer_lut=False)
     out = np.asarray(out, dtype=np.float64)
     return float(out.min()), float(out.max())
+
+
+# --------------------------------------------------------------------------- DICOM bomb guards
+
+# JPEG start-of-frame markers (SOF0-SOF15 minus DHT/JPG/DAC) and JPEG-LS SOF55.
+_JPEG_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}) | {0xF7}
+# Markers without a length field.
+_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+# Explicit VR elements whose length field is 4 bytes (PS3.5 7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def _guard_deflated_dataset(data: bytes, limit: int) -> None:
+    """Refuse a deflated DICOM whose body inflates past ``limit`` bytes.
+
+    pydicom inflates a Deflated Explicit VR Little Endian body in one ``zlib.decompress``
+    call, with no bound, so a small upload could claim gigabytes. We inflate in bounded
+    chunks first, discarding the output, and only count.
+    """
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    body_start, tsyntax = _scan_file_meta(data)
+    if tsyntax != DeflatedExplicitVRLittleEndian:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending = data[body_start:]
+    total = 0
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, _MIB))
+            if total > limit:
+                raise ImageTooLarge(
+                    f"The compressed DICOM file expands to more than {_format_mb(limit)}. "
+                    f"Upload an uncompressed or JPEG-compressed DICOM, or a {ALLOWED_FORMATS_TEXT} image."
+                )
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        logger.info("deflated DICOM body is damaged: %s", exc)
+        raise CorruptImage(_corrupt_message("DICOM")) from exc
+
+
+def _scan_file_meta(data: bytes) -> tuple[int, str | None]:
+    """Walk the File Meta group (always explicit VR little endian) after "DICM".
+
+    Returns the offset where the dataset body starts and the Transfer Syntax UID, if found.
+    """
+    pos, tsyntax = 132, None
+    while pos + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                break
+            length, header = struct.unpack_from("<I", data, pos + 8)[0], 12
+        else:
+            length, header = struct.unpack_from("<H", data, pos + 6)[0], 8
+        if element == 0x0010:
+            tsyntax = data[pos + header : pos + header + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += header + length
+    return pos, tsyntax
+
+
+def _guard_encapsulated_frame(ds: Dataset, tsyntax: str, index: int, frames: int, rows: int, columns: int) -> None:
+    """Check a compressed frame's own header before handing it to a decoder.
+
+    A JPEG / JPEG 2000 codestream carries its own dimensions, and the decoders (libjpeg,
+    openjpeg) allocate and work by those, not by the DICOM Rows/Columns. A damaged or
+    crafted codestream claiming e.g. 1024 x 7,000,000 pixels kept openjpeg busy for ~30 s in
+    our fuzzing. Reading the SOF / SIZ marker costs microseconds.
+    """
+    from pydicom.encaps import get_frame
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    is_j2k = tsyntax in JPEG2000TransferSyntaxes
+    if not (is_j2k or tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes):
+        return  # RLE and native data are decoded using the DICOM Rows/Columns.
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frame = get_frame(ds.PixelData, index, extended_offsets=extended, number_of_frames=frames)
+    except (ValueError, IndexError, KeyError, EOFError) as exc:
+        logger.info("cannot locate frame %d in encapsulated DICOM pixel data: %s", index, exc)
+        raise CorruptImage(_corrupt_message("DICOM")) from exc
+    size = _j2k_size(frame) if is_j2k else _jpeg_size(frame)
+    if size is None:
+        return  # unparsable header: let the decoder produce its own error
+    width, height = size
+    # A codestream bigger than the DICOM header says cannot produce a valid frame (pydicom
+    # would reject it after decoding), so refuse before paying for the decode. Smaller or
+    # equal is left to the decoder, which reports its own mismatch errors.
+    if width * height > rows * columns:
+        logger.info("codestream claims %dx%d but DICOM says %dx%d", width, height, columns, rows)
+        raise CorruptImage(_corrupt_message("DICOM"))
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int] | None:
+    # SOC (FF4F) is immediately followed by SIZ (FF51): Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz.
+    # find() also copes with codestreams wrapped in a JP2 box header.
+    start = frame.find(b"\xff\x4f\xff\x51")
+    if start < 0 or start + 24 > len(frame):
+        return None
+    xsiz, ysiz, x_off, y_off = struct.unpack_from(">IIII", frame, start + 8)
+    return max(xsiz - x_off, 0), max(ysiz - y_off, 0)
+
+
+def _jpeg_size(frame: bytes) -> tuple[int, int] | None:
+    if not frame.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 4 <= len(frame):
+        if frame[pos] != 0xFF:
+            return None
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker in _JPEG_SOF_MARKERS:
+            if pos + 9 > len(frame):
+                return None
+            height, width = struct.unpack_from(">HH", frame, pos + 5)
+            return width, height
+        if marker == 0xDA:  # start of scan without a frame header: malformed
+            return None
+        pos += 2 + struct.unpack_from(">H", frame, pos + 2)[0]
+    return None

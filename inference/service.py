@@ -117,7 +117,11 @@ class Analyzer:
             timing["total"] = (time.perf_counter() - t0) * 1e3
             return AnalysisResult(spec, hit, True, sha, timing, image)
         assert image is not None
+        t = time.perf_counter()
+        was_loaded = spec.id in self.manager.loaded()
         backend = self.manager.get(spec.id)
+        if not was_loaded:  # first use in this process: say so rather than blame the model
+            timing["model_load"] = (time.perf_counter() - t) * 1e3
         out = backend.predict([image.pixels], explain=explain)
         timing.update(out.timing_ms)
         pred = out.predictions[0]

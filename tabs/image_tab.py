@@ -20,9 +20,11 @@ def _summary(result: AnalysisResult) -> str:
     p = result.probabilities[result.label]
     total = result.timing_ms.get("total", 0.0)
     cache = "✅ cache hit (model not run)" if result.cached else "computed"
+    load = result.timing_ms.get("model_load")
+    loaded = f" (incl. {load / 1000:.1f} s loading the model on first use)" if load else ""
     return (
         f"**Prediction:** {result.label_name} ({p:.1%})  \n"
-        f"**Time:** {total:.0f} ms · **Cache:** {cache} · **Model:** `{result.model_id}` v{result.spec.version}  \n"
+        f"**Time:** {total:.0f} ms{loaded} · **Cache:** {cache} · **Model:** `{result.model_id}` v{result.spec.version}  \n"
         f"**Input:** {result.image.format if result.image else '?'} · sha256 `{result.sha256[:12]}…`  \n"
         "_Research use only, not a diagnosis._"
     )

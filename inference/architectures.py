@@ -1,0 +1,187 @@
+"""Keras architectures the trainer can build, selected by ``options.architecture`` in a spec.
+
+Every builder returns an uncompiled ``keras.Model`` that takes the *scaled* image
+(``pixels * input.scale + input.offset``, as :class:`~inference.backends.keras_image.KerasImageBackend`
+feeds it) and ends in the activation the spec's head expects: softmax for ``softmax`` heads,
+sigmoid for ``sigmoid_multi`` and ``sigmoid_single``. Only built-in layers are used, so the
+saved ``.keras`` files load with ``safe_mode=True``.
+
+* ``compact_resnet`` (default): a ~1.5M-parameter residual separable-conv CNN that trains
+  from scratch on two CPU cores. Its last feature map, ``gradcam_features``, is
+  ``size / 16`` wide (12x12 at 192 px) and is the layer Grad-CAM explains.
+* ``densenet201``: the original lung/colon head (DenseNet201 -> GAP -> Dense 256 ->
+  Dropout 0.5 -> Dense). ``weights=None``: no ImageNet download happens here; it is meant
+  for users with a GPU and their own pretrained weights.
+* ``densenet201_cut``: the original monkeypox head (DenseNet201 cut at
+  ``conv5_block16_0_bn`` -> Flatten -> Dense 256 -> Dropout 0.2 -> Dense).
+* ``brain_cnn``: the original brain tumour Sequential CNN (Conv64 -> Conv512 -> Conv256 ->
+  Conv128 with max-pooling, Dense 256 -> 128 -> out).
+* ``small_cnn``: a plain four-block CNN in the spirit of the original chest X-ray model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from inference.registry import Head, ModelSpec
+
+__all__ = ["ARCHITECTURES", "GRADCAM_LAYER", "build_model", "head_activation"]
+
+GRADCAM_LAYER = "gradcam_features"
+
+Builder = Callable[[int, int, int, str, dict[str, Any]], Any]
+
+
+def head_activation(head: Head) -> str:
+    """The final activation a Keras model needs for ``head``."""
+    if head is Head.SOFTMAX:
+        return "softmax"
+    if head in (Head.SIGMOID_MULTI, Head.SIGMOID_SINGLE):
+        return "sigmoid"
+    raise ValueError(f"a {head.value} head is not a Keras image classifier")
+
+
+def _compact_resnet(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
+    import keras
+    from keras import layers
+
+    width = float(opts.get("width", 1.0))
+    dropout = float(opts.get("dropout", 0.3))
+    l2 = float(opts.get("l2", 0.0))
+    reg = keras.regularizers.L2(l2) if l2 > 0 else None
+
+    def ch(n: int) -> int:
+        return max(8, int(round(n * width / 8)) * 8)
+
+    def sep(x: Any, filters: int, name: str) -> Any:
+        x = layers.SeparableConv2D(
+            filters, 3, padding="same", use_bias=False, pointwise_regularizer=reg, name=f"{name}_sep"
+        )(x)
+        return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+    def block(x: Any, filters: int, name: str, down: bool) -> Any:
+        """Xception-style residual block: two separable convs, optional stride-2 pooling."""
+        shortcut = x
+        y = layers.Activation("relu", name=f"{name}_relu1")(x)
+        y = sep(y, filters, f"{name}_a")
+        y = layers.Activation("relu", name=f"{name}_relu2")(y)
+        y = sep(y, filters, f"{name}_b")
+        if down:
+            y = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(y)
+        if down or shortcut.shape[-1] != filters:
+            shortcut = layers.Conv2D(
+                filters, 1, strides=2 if down else 1, use_bias=False, kernel_regularizer=reg, name=f"{name}_proj"
+            )(shortcut)
+            shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        return layers.Add(name=f"{name}_add")([y, shortcut])
+
+    inp = keras.Input((size, size, channels), name="image")
+    x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv1")(inp)
+    x = layers.BatchNormalization(name="stem_bn1")(x)
+    x = layers.Activation("relu", name="stem_relu1")(x)
+    x = layers.Conv2D(ch(32), 3, padding="same", use_bias=False, name="stem_conv2")(x)
+    x = layers.BatchNormalization(name="stem_bn2")(x)  # size / 2
+    x = block(x, ch(64), "s1", down=True)  # size / 4
+    x = block(x, ch(128), "s2", down=True)  # size / 8
+    x = block(x, ch(128), "s2b", down=False)
+    x = block(x, ch(256), "s3", down=True)  # size / 16
+    x = block(x, ch(256), "s3b", down=False)
+    x = block(x, ch(384), "s4", down=False)
+    x = layers.Activation("relu", name=GRADCAM_LAYER)(x)  # size / 16: 12x12 at 192 px
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    return keras.Model(inp, out, name="compact_resnet")
+
+
+def _densenet201(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
+    import keras
+    from keras import layers
+
+    base = keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(size, size, channels))
+    x = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = layers.Dense(256, activation="relu", name="fc256")(x)
+    x = layers.Dropout(float(opts.get("dropout", 0.5)), name="dropout")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    return keras.Model(base.input, out, name="densenet201_head")
+
+
+def _densenet201_cut(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
+    import keras
+    from keras import layers
+
+    base = keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(size, size, channels))
+    cut = base.get_layer("conv5_block16_0_bn").output
+    x = layers.Flatten(name="flatten")(cut)
+    x = layers.Dense(256, activation="relu", name="fc256")(x)
+    x = layers.Dropout(float(opts.get("dropout", 0.2)), name="dropout")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    return keras.Model(base.input, out, name="densenet201_cut")
+
+
+def _brain_cnn(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
+    import keras
+    from keras import layers
+
+    inp = keras.Input((size, size, channels), name="image")
+    x = inp
+    for i, filters in enumerate((64, 512, 256, 128)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, activation="relu", name="fc256")(x)
+    x = layers.Dense(128, activation="relu", name="fc128")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    return keras.Model(inp, out, name="brain_cnn")
+
+
+def _small_cnn(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
+    import keras
+    from keras import layers
+
+    inp = keras.Input((size, size, channels), name="image")
+    x = inp
+    for i, filters in enumerate((32, 64, 128, 128)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.Conv2D(128, 3, padding="same", activation="relu", name=GRADCAM_LAYER)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(float(opts.get("dropout", 0.3)), name="dropout")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    return keras.Model(inp, out, name="small_cnn")
+
+
+ARCHITECTURES: dict[str, Builder] = {
+    "compact_resnet": _compact_resnet,
+    "densenet201": _densenet201,
+    "densenet201_cut": _densenet201_cut,
+    "brain_cnn": _brain_cnn,
+    "small_cnn": _small_cnn,
+}
+
+# The layer Grad-CAM should explain per architecture (None: let the explainer pick).
+DEFAULT_GRADCAM_LAYER: dict[str, str | None] = {
+    "compact_resnet": GRADCAM_LAYER,
+    "densenet201": "conv5_block32_concat",
+    "densenet201_cut": "conv5_block16_0_bn",
+    "brain_cnn": "conv4",
+    "small_cnn": GRADCAM_LAYER,
+}
+
+
+def build_model(spec: ModelSpec, architecture: str | None = None, size: int | None = None) -> Any:
+    """Build the Keras model for ``spec`` (uncompiled, random weights).
+
+    ``architecture`` defaults to ``spec.options["architecture"]`` and then ``compact_resnet``;
+    ``size`` defaults to ``spec.input.size``. Extra ``spec.options`` (``width``, ``dropout``,
+    ``l2``) are passed to the builder.
+    """
+    name = architecture or str(spec.options.get("architecture", "compact_resnet"))
+    try:
+        builder = ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
+    side = size or spec.input.size
+    return builder(side, spec.input.channels, spec.n_outputs, head_activation(spec.head), dict(spec.options))

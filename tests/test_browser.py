@@ -1,0 +1,74 @@
+"""A person's path through the UI: open, pick a tab, upload, analyse, see the heatmap.
+
+Drives Debian's Chromium with Playwright (no browser download). Screenshots go to the
+test's temp dir; set DOCTORAI_SCREENSHOT_DIR to keep copies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import image_bytes
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make browser-deps)"),
+]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _keep(path: Path) -> None:
+    keep = os.environ.get("DOCTORAI_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / path.name)
+
+
+def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    img = np.zeros((120, 120, 3), np.uint8)
+    img[30:90, 30:90] = (200, 180, 170)
+    upload = tmp_path / "brain_slice.png"
+    upload.write_bytes(image_bytes(img))
+    shot = tmp_path / "ui_after_analysis.png"
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(live_server, wait_until="load")
+        expect(page.get_by_text("Research use only, not a diagnosis.").first).to_be_visible()
+        page.get_by_role("tab", name="Tumor").click()
+        page.locator("#upload-tumor input[type=file]").set_input_files(str(upload))
+        page.locator("#analyze-tumor").click()
+        label = page.locator("#label-tumor")
+        expect(label).to_contain_text("Glioma", timeout=60_000)
+        expect(label).to_contain_text("%")
+        heat = page.locator("#heatmap-tumor img")
+        expect(heat).to_be_visible(timeout=30_000)
+        expect(page.locator("#info-tumor")).to_contain_text("Research use only")
+        # the heatmap really is an image that rendered (non-zero natural size)
+        width = heat.evaluate("el => el.naturalWidth")
+        assert width == 120
+        page.screenshot(path=str(shot), full_page=True)
+        # a model without weights explains itself instead of failing
+        page.get_by_role("tab", name="Absent").click()
+        expect(page.get_by_text("Model not installed").first).to_be_visible()
+        expect(page.get_by_text("put absent.keras in").first).to_be_visible()
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    _keep(shot)
