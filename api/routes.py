@@ -100,7 +100,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         """Classify one image; ``explain=true`` adds a Grad-CAM overlay as base64 PNG."""
         spec = runtime.registry[model_id]
         if not spec.is_image_model:
-            raise InvalidInput(f"{model_id} is not an image model; image models: {[s.id for s in runtime.registry.image_models()]}")
+            raise InvalidInput(
+                f"{model_id} is not an image model; image models: {[s.id for s in runtime.registry.image_models()]}"
+            )
         if file is None:
             raise InvalidInput("send the image as a multipart form field named 'file'")
         length = request.headers.get("content-length")
@@ -109,7 +111,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         # Read at most limit+1 bytes: a lying or missing Content-Length cannot make us hold more.
         data = file.file.read(settings.max_upload_bytes + 1)
         want_cam = explain or bool(explain_form)
-        result = runtime.analyzer.analyze(model_id, data, filename=file.filename, explain=want_cam, need_pixels=want_cam)
+        result = runtime.analyzer.analyze(
+            model_id, data, filename=file.filename, explain=want_cam, need_pixels=want_cam
+        )
         heatmap = None
         if want_cam:
             img = result.explanation_image(opacity, settings.heatmap_colormap)

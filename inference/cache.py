@@ -63,7 +63,9 @@ class PredictionCache:
             import diskcache
 
             Path(directory).mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(str(directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used")
+            self._cache = diskcache.Cache(
+                str(directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+            )
 
     @property
     def enabled(self) -> bool:

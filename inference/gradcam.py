@@ -52,7 +52,7 @@ def find_target_layer(model: keras.Model, name: str | None = None, min_grid: int
         raise ModelLoadFailed(f"Grad-CAM layer {name!r} not found in model {model.name!r}")
     candidates = []
     for layer in layers:
-        if isinstance(layer, keras.layers.InputLayer) or isinstance(layer, keras.Model):
+        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
             continue
         shape = _output_shape(layer)
         if shape is not None and len(shape) == 4:

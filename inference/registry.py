@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from inference.errors import UnknownModel
 
 
-class Head(str, Enum):
+class Head(StrEnum):
     """How raw model outputs become class probabilities."""
 
     SOFTMAX = "softmax"  # N mutually exclusive classes, outputs sum to 1

@@ -18,7 +18,9 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
     from tabs.status_tab import build_status_tab
 
     with gr.Blocks(title="DoctorAI") as demo:
-        gr.Markdown("# DoctorAI\nClinical imaging workbench: upload an image, get class probabilities and a Grad-CAM heatmap.")
+        gr.Markdown(
+            "# DoctorAI\nClinical imaging workbench: upload an image, get class probabilities and a Grad-CAM heatmap."
+        )
         with gr.Tabs():
             for spec in runtime.registry.image_models():
                 build_image_tab(runtime, spec)

@@ -12,7 +12,10 @@ from inference.errors import DoctorAIError
 from inference.registry import ModelSpec
 from inference.service import RESEARCH_NOTICE
 
-NOTICE_HTML = f'<div class="doctorai-notice" role="note">⚠️ <b>{RESEARCH_NOTICE}</b> Results must be reviewed by a qualified clinician.</div>'
+NOTICE_HTML = (
+    f'<div class="doctorai-notice" role="note">⚠️ <b>{RESEARCH_NOTICE}</b> '
+    "Results must be reviewed by a qualified clinician.</div>"
+)
 
 _CARD_FIELDS = [
     ("summary", "Summary"),

@@ -8,9 +8,9 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from inference.registry import ModelSpec
 from inference.runtime import Runtime
 from inference.service import AnalysisResult
-from inference.registry import ModelSpec
 from tabs.common import NOTICE_HTML, guarded, model_card_markdown
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
@@ -24,7 +24,8 @@ def _summary(result: AnalysisResult) -> str:
     loaded = f" (incl. {load / 1000:.1f} s loading the model on first use)" if load else ""
     return (
         f"**Prediction:** {result.label_name} ({p:.1%})  \n"
-        f"**Time:** {total:.0f} ms{loaded} · **Cache:** {cache} · **Model:** `{result.model_id}` v{result.spec.version}  \n"
+        f"**Time:** {total:.0f} ms{loaded} · **Cache:** {cache} · "
+        f"**Model:** `{result.model_id}` v{result.spec.version}  \n"
         f"**Input:** {result.image.format if result.image else '?'} · sha256 `{result.sha256[:12]}…`  \n"
         "_Research use only, not a diagnosis._"
     )
@@ -75,7 +76,9 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec) -> None:
                 opacity = gr.Slider(0.0, 1.0, value=settings.heatmap_opacity, step=0.05, label="Heatmap opacity")
                 show = gr.Checkbox(value=True, label="Show Grad-CAM heatmap (untick for the plain image)")
             with gr.Column(scale=1):
-                label = gr.Label(num_top_classes=len(spec.classes), label="Class probabilities", elem_id=f"label-{spec.id}")
+                label = gr.Label(
+                    num_top_classes=len(spec.classes), label="Class probabilities", elem_id=f"label-{spec.id}"
+                )
                 view = gr.Image(
                     label="Grad-CAM overlay",
                     type="numpy",

@@ -10,7 +10,9 @@ from inference.runtime import Runtime
 def status_markdown(runtime: Runtime) -> str:
     rows = ["| model | state | version | detail |", "|---|---|---|---|"]
     for model_id, st in runtime.manager.status().items():
-        detail = st.get("detail") or st.get("error") or (f"loaded in {st['load_seconds']} s" if "load_seconds" in st else "")
+        detail = (
+            st.get("detail") or st.get("error") or (f"loaded in {st['load_seconds']} s" if "load_seconds" in st else "")
+        )
         rows.append(f"| `{model_id}` | {st['state']} | {st['version']} | {detail} |")
     c = runtime.cache.stats()
     rows.append("")

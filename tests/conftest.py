@@ -147,7 +147,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_registry_file: Path) -> Iterator[str]:
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_registry_file: Path
+) -> Iterator[str]:
     """`python app.py` in a subprocess on a free loopback port, configured by DOCTORAI_* env."""
     import subprocess
     import sys
@@ -171,7 +173,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     deadline = time.monotonic() + 90
     while True:
         try:
-            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
                 if r.status == 200:
                     break
         except OSError:

@@ -20,7 +20,8 @@ def post(client: Any, model: str, data: bytes, name: str = "x.png", **params: An
 
 def test_health_and_ready(client: Any) -> None:
     r = client.get("/api/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
     r = client.get("/api/ready")
     assert r.status_code == 200
     models = r.json()["models"]
@@ -32,12 +33,22 @@ def test_predict_contract_and_lazy_load(client: Any, png_bytes: bytes) -> None:
     r = post(client, "tumor", png_bytes)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) >= {"model_id", "model_version", "label", "probabilities", "heatmap_png_base64", "timing_ms", "cached"}
-    assert body["model_id"] == "tumor" and body["model_version"] == "1.0.0"
+    assert set(body) >= {
+        "model_id",
+        "model_version",
+        "label",
+        "probabilities",
+        "heatmap_png_base64",
+        "timing_ms",
+        "cached",
+    }
+    assert body["model_id"] == "tumor"
+    assert body["model_version"] == "1.0.0"
     assert list(body["probabilities"]) == ["glioma", "meningioma", "notumor", "pituitary"]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert body["heatmap_png_base64"] is None and body["cached"] is False
+    assert body["heatmap_png_base64"] is None
+    assert body["cached"] is False
     assert "not a diagnosis" in body["notice"]
     assert client.get("/api/ready").json()["models"]["tumor"]["state"] == "ready"
 
@@ -47,16 +58,19 @@ def test_explain_returns_a_png_heatmap_the_size_of_the_input(client: Any, png_by
     assert r.status_code == 200
     png = base64.b64decode(r.json()["heatmap_png_base64"])
     img = Image.open(io.BytesIO(png))
-    assert img.format == "PNG" and img.size == (80, 64)
+    assert img.format == "PNG"
+    assert img.size == (80, 64)
     # explain as a form field (the original clients sent form data) works too
     r2 = client.post("/api/predict/tumor", files={"file": ("x.png", png_bytes)}, data={"explain": "true"})
-    assert r2.json()["heatmap_png_base64"] and r2.json()["cached"] is True
+    assert r2.json()["heatmap_png_base64"]
+    assert r2.json()["cached"] is True
 
 
 def test_single_sigmoid_model_reports_both_classes(client: Any, png_bytes: bytes) -> None:
     body = post(client, "xray", png_bytes).json()
     p = body["probabilities"]
-    assert list(p) == ["NORMAL", "PNEUMONIA"] and p["NORMAL"] + p["PNEUMONIA"] == pytest.approx(1.0)
+    assert list(p) == ["NORMAL", "PNEUMONIA"]
+    assert p["NORMAL"] + p["PNEUMONIA"] == pytest.approx(1.0)
     assert body["label"] == ("PNEUMONIA" if p["PNEUMONIA"] >= 0.5 else "NORMAL")
 
 
@@ -94,10 +108,10 @@ def _bomb() -> bytes:
 
 def _no_pixel_dicom() -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.88.11")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -116,7 +130,11 @@ BAD_INPUTS = {
     "pdf_renamed_png": (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", 415, "PNG, JPEG"),
     "svg_with_script": (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', 415, "PNG, JPEG"),
     "truncated_png": (image_bytes(np.full((64, 64, 3), 7, np.uint8))[:60], 422, ""),
-    "truncated_jpeg": (image_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), "JPEG")[:300], 422, ""),
+    "truncated_jpeg": (
+        image_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), "JPEG")[:300],
+        422,
+        "",
+    ),
     "decompression_bomb": (_bomb(), 413, "pixels"),
     "dicom_without_pixels": (_no_pixel_dicom(), 422, "pixel data"),
     "too_many_bytes": (b"\x89PNG\r\n\x1a\n" + b"\0" * (3 * 2**20), 413, "MB"),
@@ -136,14 +154,17 @@ def test_bad_input_gets_a_clear_4xx_and_the_service_stays_up(client: Any, case: 
 
 def test_unknown_and_not_installed_models(client: Any, png_bytes: bytes) -> None:
     r = post(client, "nope", png_bytes)
-    assert r.status_code == 404 and "known:" in r.json()["detail"]
+    assert r.status_code == 404
+    assert "known:" in r.json()["detail"]
     r = post(client, "absent", png_bytes)
-    assert r.status_code == 503 and "put absent.keras in" in r.json()["detail"]
+    assert r.status_code == 503
+    assert "put absent.keras in" in r.json()["detail"]
 
 
 def test_missing_file_field(client: Any) -> None:
     r = client.post("/api/predict/tumor")
-    assert r.status_code == 400 and "'file'" in r.json()["detail"]
+    assert r.status_code == 400
+    assert "'file'" in r.json()["detail"]
 
 
 def test_gradio_ui_is_served_with_stable_api_names(client: Any) -> None:

@@ -34,8 +34,10 @@ def test_fused_pass_matches_plain_predict_and_cam_is_normalised() -> None:
     probs, cam = ex.forward_explain(x)
     np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-5)
     np.testing.assert_allclose(ex.forward(x), probs, atol=1e-6)
-    assert cam.shape == (3, 16, 16) and cam.dtype == np.float32
-    assert cam.min() >= 0.0 and cam.max() <= 1.0
+    assert cam.shape == (3, 16, 16)
+    assert cam.dtype == np.float32
+    assert cam.min() >= 0.0
+    assert cam.max() <= 1.0
     assert np.isclose(cam.reshape(3, -1).max(axis=1), 1.0).all() or (cam == 0).any()
 
 
@@ -100,7 +102,8 @@ def test_overlay_blends_with_adjustable_opacity() -> None:
     none = overlay_heatmap(img, cam, opacity=0.0)
     np.testing.assert_array_equal(none, img)
     strong = overlay_heatmap(img, cam, opacity=0.9)
-    assert strong.shape == img.shape and strong.dtype == np.uint8
+    assert strong.shape == img.shape
+    assert strong.dtype == np.uint8
     hot_delta = np.abs(strong[0, 0].astype(int) - 128).sum()
     cold_delta = np.abs(strong[-1, -1].astype(int) - 128).sum()
     assert hot_delta > cold_delta  # the hot corner changes more than the cold one

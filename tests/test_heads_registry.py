@@ -39,7 +39,8 @@ def test_softmax_head_keeps_order_and_sums_to_one() -> None:
 def test_softmax_temperature_softens_without_changing_argmax() -> None:
     raw = np.array([[0.9, 0.05, 0.05]])
     hot = apply_head(raw, Head.SOFTMAX, Calibration(temperature=2.0))
-    assert hot[0, 0] < 0.9 and hot.argmax() == 0
+    assert hot[0, 0] < 0.9
+    assert hot.argmax() == 0
     np.testing.assert_allclose(hot.sum(), 1.0)
     # T=2 on log-probs is the square root of the odds: 0.9/0.05 = 18 -> sqrt(18)
     np.testing.assert_allclose(hot[0, 0] / hot[0, 1], np.sqrt(18.0), rtol=1e-6)
@@ -98,8 +99,10 @@ def test_shipped_registry_matches_the_reference() -> None:
     assert reg["monkeypox"].class_ids == ["Monkeypox", "Others"]
     assert reg["monkeypox"].head is Head.SIGMOID_MULTI
     assert reg["chest_xray"].class_ids == ["NORMAL", "PNEUMONIA"]
-    assert reg["chest_xray"].head is Head.SIGMOID_SINGLE and reg["chest_xray"].n_outputs == 1
-    assert reg["palm"].positive_class == "AnemicP" and reg["palm"].class_ids[1] == "AnemicP"
+    assert reg["chest_xray"].head is Head.SIGMOID_SINGLE
+    assert reg["chest_xray"].n_outputs == 1
+    assert reg["palm"].positive_class == "AnemicP"
+    assert reg["palm"].class_ids[1] == "AnemicP"
     assert reg["chat"].head is Head.GENERATIVE
     for s in reg.image_models():
         assert s.weights is not None
@@ -110,7 +113,12 @@ def test_class_ids_are_the_dataset_folder_names() -> None:
     if not datasets.exists():
         pytest.skip("../shared/datasets is not present on this machine")
     reg = Registry.from_yaml(REPO / "assets" / "models.yaml")
-    mapping = {"lung_colon": "lung_colon", "monkeypox": "monkeypox", "brain_tumor": "brain_mri", "chest_xray": "chest_xray"}
+    mapping = {
+        "lung_colon": "lung_colon",
+        "monkeypox": "monkeypox",
+        "brain_tumor": "brain_mri",
+        "chest_xray": "chest_xray",
+    }
     for model_id, folder in mapping.items():
         folders = sorted(p.name for p in (datasets / folder / "train").iterdir() if p.is_dir())
         assert reg[model_id].class_ids == folders

@@ -31,8 +31,10 @@ def test_gradio_client_round_trip(live_server: str, png_file: Path) -> None:
     from PIL import Image
 
     with Image.open(heatmap) as img:
-        assert img.format == "PNG" and img.size == (70, 90)
-    assert "Research use only" in info and "computed" in info
+        assert img.format == "PNG"
+        assert img.size == (70, 90)
+    assert "Research use only" in info
+    assert "computed" in info
     # the same image again is served from the cache
     _, _, info2 = client.predict(handle_file(str(png_file)), 0.5, True, api_name="/predict_tumor")
     assert "cache hit" in info2
@@ -49,6 +51,8 @@ def test_gradio_client_gets_the_typed_error_message(live_server: str, tmp_path: 
 
 
 def test_rest_over_http(live_server: str, png_file: Path) -> None:
-    r = httpx.post(f"{live_server}/api/predict/xray", files={"file": png_file.open("rb")}, params={"explain": "true"}, timeout=60)
+    r = httpx.post(
+        f"{live_server}/api/predict/xray", files={"file": png_file.open("rb")}, params={"explain": "true"}, timeout=60
+    )
     assert r.status_code == 200
     assert r.json()["heatmap_png_base64"].startswith("iVBOR")  # base64 of the PNG signature

@@ -43,8 +43,14 @@ class Counting:
         return backend
 
 
-def make_manager(registry_file: Path, model_dir: Path, loader: Counting, **kw: object) -> ModelManager:
-    return ModelManager(Registry.from_yaml(registry_file), model_dir, device="cpu", loaders={"keras_image": loader}, **kw)  # type: ignore[arg-type]
+def make_manager(registry_file: Path, model_dir: Path, loader: Counting, memory_budget_bytes: int = 0) -> ModelManager:
+    return ModelManager(
+        Registry.from_yaml(registry_file),
+        model_dir,
+        device="cpu",
+        loaders={"keras_image": loader},
+        memory_budget_bytes=memory_budget_bytes,
+    )
 
 
 def test_states_before_and_after_loading(tiny_registry_file: Path, tiny_model_dir: Path) -> None:
@@ -56,7 +62,7 @@ def test_states_before_and_after_loading(tiny_registry_file: Path, tiny_model_di
     m.get("tumor")
     assert m.state("tumor") is ModelState.READY
     assert m.status()["tumor"]["load_seconds"] > 0
-    with pytest.raises(ModelNotInstalled, match="put absent.keras in"):
+    with pytest.raises(ModelNotInstalled, match=r"put absent\.keras in"):
         m.get("absent")
 
 
@@ -76,7 +82,8 @@ def test_concurrent_first_requests_load_once(tiny_registry_file: Path, tiny_mode
     for t in threads:
         t.join()
     assert loader.loads == 1
-    assert len(seen) == 8 and all(b is seen[0] for b in seen)
+    assert len(seen) == 8
+    assert all(b is seen[0] for b in seen)
     assert m.load_count("tumor") == 1
 
 
@@ -86,7 +93,8 @@ def test_a_broken_weights_file_fails_cleanly_and_reports_why(tmp_path: Path, tin
     with pytest.raises(ModelLoadFailed, match=r"could not load softmax4\.keras"):
         m.get("tumor")
     st = m.status()["tumor"]
-    assert st["state"] == "failed" and "softmax4.keras" in st["error"]
+    assert st["state"] == "failed"
+    assert "softmax4.keras" in st["error"]
 
 
 def test_checksum_mismatch_refuses_the_file(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -115,7 +123,8 @@ def test_lru_unload_past_the_memory_budget(tiny_registry_file: Path, tiny_model_
     assert m.loaded() == ["xray"]  # tumor was least recently used and over budget
     assert m.state("tumor") is ModelState.NOT_LOADED
     m.get("tumor")
-    assert loader.loads == 3 and m.loaded() == ["tumor"]
+    assert loader.loads == 3
+    assert m.loaded() == ["tumor"]
 
 
 def test_preload_in_background(tiny_registry_file: Path, tiny_model_dir: Path) -> None:
@@ -135,18 +144,22 @@ def test_cache_hit_returns_the_same_result_without_calling_the_model(
     data = image_bytes(np.random.default_rng(3).integers(0, 255, (50, 60, 3), dtype=np.uint8))
     first = an.analyze("tumor", data, explain=True)
     second = an.analyze("tumor", data, explain=True)
-    assert not first.cached and second.cached
+    assert not first.cached
+    assert second.cached
     assert loader.forwards == 1
     assert second.probabilities == pytest.approx(first.probabilities, abs=1e-9)
     assert second.label == first.label
-    assert first.prediction.explanation is not None and second.prediction.explanation is not None
+    assert first.prediction.explanation is not None
+    assert second.prediction.explanation is not None
     np.testing.assert_allclose(second.prediction.explanation, first.prediction.explanation, atol=1e-4)
     # a different model version or explanation option is a different entry
     an.analyze("tumor", data, explain=False)
     assert loader.forwards == 2
     # with no pixels needed, a hit does not even decode
     hit = an.analyze("tumor", data, explain=False, need_pixels=False)
-    assert hit.cached and hit.image is None and "decode" not in hit.timing_ms
+    assert hit.cached
+    assert hit.image is None
+    assert "decode" not in hit.timing_ms
     assert cache.stats()["hits"] == 2
 
 
@@ -162,7 +175,13 @@ def test_cache_ttl_expires(tmp_path: Path) -> None:
 
 def test_disabled_cache_always_misses(tiny_registry_file: Path, tiny_model_dir: Path) -> None:
     loader = Counting()
-    an = Analyzer(make_manager(tiny_registry_file, tiny_model_dir, loader), PredictionCache(None, size_limit_bytes=1), max_bytes=2**22, max_pixels=10**6)
+    an = Analyzer(
+        make_manager(tiny_registry_file, tiny_model_dir, loader),
+        PredictionCache(None, size_limit_bytes=1),
+        max_bytes=2**22,
+        max_pixels=10**6,
+    )
     data = image_bytes(np.zeros((8, 8, 3), np.uint8))
-    assert not an.analyze("xray", data).cached and not an.analyze("xray", data).cached
+    assert not an.analyze("xray", data).cached
+    assert not an.analyze("xray", data).cached
     assert loader.forwards == 2

@@ -67,6 +67,7 @@ class Backend(ABC):
 
     def warm_up(self) -> None:
         """Do one-off work (tracing, allocation) at load time rather than in a request."""
+        return None
 
     def memory_bytes(self) -> int:
         """Approximate resident size, used by the manager's memory budget."""
@@ -74,6 +75,7 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release what the model holds."""
+        return None
 
     def predict(self, images: Sequence[np.ndarray], explain: bool = True) -> BatchOutput:
         """preprocess -> forward -> postprocess, timed per stage."""

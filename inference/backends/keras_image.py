@@ -13,8 +13,8 @@ from PIL import Image
 
 from inference.backends.base import Backend, DevicePolicy, Prediction
 from inference.errors import ModelLoadFailed
-from inference.heads import apply_head, predicted_index
 from inference.explain import render_explanation
+from inference.heads import apply_head, predicted_index
 from inference.registry import Head, ModelSpec
 
 log = logging.getLogger(__name__)
