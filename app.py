@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.preload:
             runtime.manager.preload(settings.preload, background=True)
         yield
+        runtime.analyzer.close()
         runtime.cache.close()
 
     api = FastAPI(title="DoctorAI", version=APP_VERSION, lifespan=lifespan)

@@ -6,12 +6,13 @@ nowhere else; the rest of the code receives a :class:`Settings` instance.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_SECRET = "change-me"  # noqa: S105 - a sentinel that production refuses, not a credential
@@ -34,7 +35,7 @@ class Settings(BaseSettings):
     admin_password: str | None = None
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    preload: list[str] = Field(default_factory=list)
+    preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     memory_budget_mb: int = Field(6144, ge=0, description="unload least-recently-used models above this; 0 = no limit")
 
     cache_enabled: bool = True
@@ -45,15 +46,22 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(32.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
 
+    batching: bool = Field(True, description="gather concurrent requests for one model into one batch")
+    batch_max_size: int = Field(8, ge=1, le=256)
+    batch_max_wait_ms: float = Field(3.0, ge=0.0, le=100.0)
+
     heatmap_opacity: float = Field(0.45, ge=0.0, le=1.0)
     heatmap_colormap: str = "jet"
 
     @field_validator("preload", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
-        # Allow DOCTORAI_PRELOAD=brain_tumor,chest_xray as well as JSON lists.
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [v.strip() for v in value.split(",") if v.strip()]
+        # DOCTORAI_PRELOAD=brain_tumor,chest_xray or a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [v.strip() for v in text.split(",") if v.strip()]
         return value
 
     @model_validator(mode="after")

@@ -40,6 +40,14 @@ def build_runtime(settings: Settings, registry: Registry | None = None) -> Runti
         size_limit_bytes=settings.cache_size_mb * 2**20,
         ttl_s=settings.cache_ttl_s,
     )
-    analyzer = Analyzer(manager, cache, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+    analyzer = Analyzer(
+        manager,
+        cache,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        batching=settings.batching,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
+    )
     log.info("runtime ready: %d models registered, model dir %s", len(registry), settings.model_dir)
     return Runtime(settings, registry, manager, cache, analyzer)

@@ -6,13 +6,15 @@ prediction -> cache store. A cache hit never touches the model.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from inference.backends.base import Prediction
+from inference.backends.base import BatchOutput, Prediction
+from inference.batching import MicroBatcher
 from inference.cache import PredictionCache, cache_key
 from inference.errors import ImageTooLarge, InvalidInput
 from inference.explain import render_explanation
@@ -73,11 +75,50 @@ class Analyzer:
         *,
         max_bytes: int,
         max_pixels: int,
+        batching: bool = False,
+        batch_max_size: int = 8,
+        batch_max_wait_ms: float = 3.0,
     ) -> None:
         self.manager = manager
         self.cache = cache
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.batching = batching
+        self.batch_max_size = batch_max_size
+        self.batch_max_wait_ms = batch_max_wait_ms
+        self._batchers: dict[tuple[str, bool], MicroBatcher] = {}
+        self._batchers_lock = threading.Lock()
+
+    def _batcher(self, model_id: str, explain: bool) -> MicroBatcher:
+        key = (model_id, explain)
+        batcher = self._batchers.get(key)  # lock-free on the hot path once created
+        if batcher is None:
+            with self._batchers_lock:
+                batcher = self._batchers.get(key)
+                if batcher is None:
+
+                    def run(images: list[np.ndarray]) -> BatchOutput:
+                        return self.manager.get(model_id).predict(images, explain=explain)
+
+                    batcher = MicroBatcher(
+                        run, max_batch=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms, name=f"{model_id}-batch"
+                    )
+                    self._batchers[key] = batcher
+        return batcher
+
+    def _predict(self, model_id: str, pixels: np.ndarray, explain: bool) -> tuple[Prediction, dict[str, float]]:
+        if not self.batching:
+            out = self.manager.get(model_id).predict([pixels], explain=explain)
+            return out.predictions[0], dict(out.timing_ms)
+        out, index, waited = self._batcher(model_id, explain).submit(pixels)
+        timing = dict(out.timing_ms)
+        timing["queue_wait"] = waited
+        timing["batch_size"] = float(len(out.predictions))
+        return out.predictions[index], timing
+
+    def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
 
     def decode(self, data: bytes, filename: str | None = None) -> DecodedImage:
         return decode_image(data, filename=filename, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
@@ -117,14 +158,14 @@ class Analyzer:
             timing["total"] = (time.perf_counter() - t0) * 1e3
             return AnalysisResult(spec, hit, True, sha, timing, image)
         assert image is not None
-        t = time.perf_counter()
-        was_loaded = spec.id in self.manager.loaded()
-        backend = self.manager.get(spec.id)
-        if not was_loaded:  # first use in this process: say so rather than blame the model
+        if spec.id not in self.manager.loaded():
+            # First use in this process: load here (typed errors surface now, not inside a
+            # batch) and report the time apart rather than blame the model for it.
+            t = time.perf_counter()
+            self.manager.get(spec.id)
             timing["model_load"] = (time.perf_counter() - t) * 1e3
-        out = backend.predict([image.pixels], explain=explain)
-        timing.update(out.timing_ms)
-        pred = out.predictions[0]
+        pred, model_timing = self._predict(spec.id, image.pixels, explain)
+        timing.update(model_timing)
         self.cache.set(key, pred)
         timing["total"] = (time.perf_counter() - t0) * 1e3
         return AnalysisResult(spec, pred, False, sha, timing, image)

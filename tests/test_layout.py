@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -31,7 +34,6 @@ def test_inference_has_no_web_imports() -> None:
 
 
 def test_production_refuses_the_default_secret() -> None:
-    import pytest
     from pydantic import ValidationError
 
     from settings import Settings
@@ -39,3 +41,18 @@ def test_production_refuses_the_default_secret() -> None:
     with pytest.raises(ValidationError, match="DOCTORAI_SECRET_KEY"):
         Settings(env="production")
     assert Settings(env="production", secret_key="s3cr3t-from-the-vault").env == "production"
+
+
+def test_settings_come_from_doctorai_env_vars(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from settings import Settings
+
+    monkeypatch.setenv("DOCTORAI_PRELOAD", "brain_tumor, chest_xray")
+    monkeypatch.setenv("DOCTORAI_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DOCTORAI_DEVICE", "cpu")
+    monkeypatch.setenv("DOCTORAI_MAX_UPLOAD_MB", "5")
+    s = Settings()
+    assert s.preload == ["brain_tumor", "chest_xray"]
+    assert s.data_dir == tmp_path and s.resolved_cache_dir == tmp_path / "cache"
+    assert s.device == "cpu" and s.max_upload_bytes == 5 * 2**20
+    monkeypatch.setenv("DOCTORAI_PRELOAD", '["palm"]')
+    assert Settings().preload == ["palm"]

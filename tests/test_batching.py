@@ -1,0 +1,108 @@
+"""Micro-batching: concurrent requests share batches and get exactly their own results."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.backends.base import BatchOutput, Prediction
+from inference.batching import MicroBatcher
+from inference.cache import PredictionCache
+from inference.manager import ModelManager
+from inference.registry import Registry
+from inference.service import Analyzer
+from tests.conftest import image_bytes
+
+
+def _echo(images: list[np.ndarray]) -> BatchOutput:
+    preds = [Prediction(label=str(int(img[0, 0, 0])), probabilities={"v": float(img[0, 0, 0])}) for img in images]
+    return BatchOutput(preds, {"forward": 1.0})
+
+
+def _run_concurrently(n: int, fn: object) -> list[object]:
+    results: list[object] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = fn(i)  # type: ignore[operator]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_submits_are_batched_and_each_gets_its_own_result() -> None:
+    b = MicroBatcher(_echo, max_batch=8, max_wait_ms=50)
+    out = _run_concurrently(8, lambda i: b.submit(np.full((2, 2, 3), i, np.uint8)))
+    for i, (batch, index, waited) in enumerate(out):  # type: ignore[misc]
+        assert batch.predictions[index].label == str(i)
+        assert waited >= 0
+    assert b.items == 8 and b.batches < 8
+    b.close()
+
+
+def test_batch_size_is_bounded() -> None:
+    sizes: list[int] = []
+
+    def fn(images: list[np.ndarray]) -> BatchOutput:
+        sizes.append(len(images))
+        return _echo(images)
+
+    b = MicroBatcher(fn, max_batch=3, max_wait_ms=50)
+    _run_concurrently(10, lambda i: b.submit(np.full((1, 1, 3), i, np.uint8)))
+    assert max(sizes) <= 3 and sum(sizes) == 10
+    b.close()
+
+
+def test_an_error_reaches_every_waiter_and_the_batcher_survives() -> None:
+    calls = {"n": 0}
+
+    def flaky(images: list[np.ndarray]) -> BatchOutput:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("boom")
+        return _echo(images)
+
+    b = MicroBatcher(flaky, max_batch=4, max_wait_ms=1)
+    with pytest.raises(ValueError, match="boom"):
+        b.submit(np.zeros((1, 1, 3), np.uint8))
+    batch, index, _ = b.submit(np.full((1, 1, 3), 5, np.uint8))
+    assert batch.predictions[index].label == "5"
+    b.close()
+
+
+def test_results_are_identical_with_batching_on_and_off(tiny_registry_file: Path, tiny_model_dir: Path) -> None:
+    reg = Registry.from_yaml(tiny_registry_file)
+    manager = ModelManager(reg, tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(11)
+    images = [image_bytes(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)) for i in range(8)]
+
+    def analyse_all(batching: bool) -> list[object]:
+        an = Analyzer(
+            manager,
+            PredictionCache(None, size_limit_bytes=1),
+            max_bytes=2**22,
+            max_pixels=10**6,
+            batching=batching,
+            batch_max_size=8,
+            batch_max_wait_ms=30,
+        )
+        try:
+            return _run_concurrently(8, lambda i: an.analyze("nested", images[i], explain=True))
+        finally:
+            an.close()
+
+    off, on = analyse_all(False), analyse_all(True)
+    assert max(r.timing_ms.get("batch_size", 1) for r in on) > 1  # type: ignore[attr-defined]
+    for a, b in zip(off, on, strict=True):
+        pa, pb = a.prediction, b.prediction  # type: ignore[attr-defined]
+        assert pa.label == pb.label
+        np.testing.assert_allclose(list(pa.probabilities.values()), list(pb.probabilities.values()), atol=1e-5)
+        np.testing.assert_allclose(pa.explanation, pb.explanation, atol=1e-5)
