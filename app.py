@@ -75,7 +75,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    # Bounded graceful shutdown: open streaming connections (gradio_client, queues) must not
+    # keep a terminated replica alive.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -14,76 +14,19 @@ import argparse
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import build_densenet, pct, start_doctorai, stop, timed, wait_http, write_registry
+
 log = logging.getLogger("bench")
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q))
-
-
-def build_model(size: int, path: Path) -> None:
-    import keras
-
-    base = keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(size, size, 3))
-    inp = keras.Input((size, size, 3))
-    x = base(inp)  # nested on purpose: the realistic (and harder) Grad-CAM case
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(256, activation="relu")(x)
-    out = keras.layers.Dense(5, activation="softmax")(x)
-    keras.Model(inp, out).save(path)
-
-
-def start_server(workdir: Path, model_dir: Path, registry: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DOCTORAI_PORT": str(port),
-        "DOCTORAI_DATA_DIR": str(workdir / "data"),
-        "DOCTORAI_MODEL_DIR": str(model_dir),
-        "DOCTORAI_REGISTRY_FILE": str(registry),
-        "DOCTORAI_PRELOAD": "bench",
-        "DOCTORAI_CACHE_ENABLED": "false",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def main() -> None:
@@ -104,20 +47,9 @@ def main() -> None:
     model_dir = work / "models"
     model_dir.mkdir()
     log.info("building DenseNet201-size model (random weights) in %s", work)
-    build_model(args.size, model_dir / "bench.keras")
-    spec = {
-        "id": "bench",
-        "display_name": "Bench",
-        "modality": "benchmark",
-        "backend": "keras_image",
-        "head": "softmax",
-        "classes": [{"id": f"c{i}", "name": f"Class {i}"} for i in range(5)],
-        "input": {"size": args.size, "channels": 3},
-        "weights": {"file": "bench.keras"},
-        "version": "bench",
-    }
+    build_densenet(args.size, model_dir / "bench.keras")
     registry_file = work / "models.yaml"
-    registry_file.write_text(yaml.safe_dump({"models": [spec]}))
+    write_registry(registry_file, args.size)
     reg = Registry.from_yaml(registry_file)
 
     rng = np.random.default_rng(0)
@@ -135,8 +67,11 @@ def main() -> None:
     eager = timed(lambda: model(x, training=False), max(3, n // 4), warmup=1)
     predict = timed(lambda: model.predict(x, verbose=0), max(3, n // 4), warmup=1)
 
-    proc = start_server(work, model_dir, registry_file, args.port)
+    proc = start_doctorai(
+        work, model_dir, registry_file, args.port, DOCTORAI_PRELOAD="bench", DOCTORAI_CACHE_ENABLED="false"
+    )
     try:
+        wait_http(f"http://127.0.0.1:{args.port}/api/ready", 300)
         url = f"http://127.0.0.1:{args.port}"
         data = png.read_bytes()
         with httpx.Client(timeout=120) as client:
@@ -151,8 +86,7 @@ def main() -> None:
         gc = Client(url, verbose=False)
         grad_t = timed(lambda: gc.predict(handle_file(str(png)), 0.45, True, api_name="/predict_bench"), n)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
     base = statistics.median(raw)
     rows = [

@@ -1,0 +1,276 @@
+"""DoctorAI under load, against its own raw model cost and a naive Spaces-style app.
+
+One run prints every figure as a ratio to the raw fused forward+Grad-CAM time measured in
+the same run (this 2-core machine is noisy; only same-run ratios compare):
+
+* REST end-to-end p50/p95 (explain=true, cache misses), gradio_client p50/p95, cache hit p50;
+* throughput at 1, 2, 4, 8, 16 concurrent clients, batching on and off;
+* cold start: process start -> /api/health, -> /api/ready (preloaded), first analysis;
+* decode cost for a 512 px JPEG, a 4096 px JPEG and a DICOM;
+* the naive baseline (gr.Interface + model.predict + eager GradientTape) on the same images;
+* with --real-models: RSS with every installed model of assets/models.yaml loaded.
+
+    python bench/bench_load.py [--size 224] [--real-models] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import (
+    REPO,
+    build_densenet,
+    pct,
+    rss_mb,
+    start_doctorai,
+    stop,
+    timed,
+    wait_http,
+    write_registry,
+)
+
+log = logging.getLogger("bench")
+LEVELS = (1, 2, 4, 8, 16)
+
+
+def png(seed: int, size: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def jpeg(side: int) -> bytes:
+    rng = np.random.default_rng(side)
+    small = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((side, side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+async def throughput(url: str, clients: int, per_client: int, size: int, seed0: int) -> float:
+    """Images per second with ``clients`` concurrent clients, each sending ``per_client``
+    distinct images one after another (bounded: clients * per_client requests in all)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as client:
+
+        async def one(c: int) -> None:
+            for k in range(per_client):
+                data = png(seed0 + c * 1000 + k, size)
+                r = await client.post(
+                    f"{url}/api/predict/bench", files={"file": ("x.png", data)}, params={"explain": "true"}
+                )
+                r.raise_for_status()
+
+        t = time.perf_counter()
+        await asyncio.gather(*(one(c) for c in range(clients)))
+        return clients * per_client / (time.perf_counter() - t)
+
+
+def rest_latencies(url: str, images: list[bytes]) -> list[float]:
+    import httpx
+
+    out = []
+    with httpx.Client(timeout=300) as client:
+        for data in images:
+            t = time.perf_counter()
+            r = client.post(f"{url}/api/predict/bench", files={"file": ("x.png", data)}, params={"explain": "true"})
+            r.raise_for_status()
+            out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def gradio_latencies(url: str, paths: list[Path], api_name: str, extra: tuple[Any, ...]) -> list[float]:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    out = []
+    for p in paths:
+        t = time.perf_counter()
+        client.predict(handle_file(str(p)), *extra, api_name=api_name)
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--port", type=int, default=7401)
+    ap.add_argument("--real-models", action="store_true", help="also measure RSS with all installed models loaded")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from inference.backends.keras_image import KerasImageBackend, load_keras_model
+    from inference.imaging import decode_image
+    from inference.registry import Registry
+
+    work = Path(tempfile.mkdtemp(prefix="doctorai-load-"))
+    model_dir = work / "models"
+    model_dir.mkdir()
+    log.info("building DenseNet201-size model in %s", work)
+    build_densenet(args.size, model_dir / "bench.keras")
+    registry = work / "models.yaml"
+    write_registry(registry, args.size)
+    n = args.repeats
+    res: dict[str, Any] = {}
+
+    # --- raw fused cost and decode cost, in process
+    backend = KerasImageBackend(
+        Registry.from_yaml(registry)["bench"], load_keras_model(model_dir / "bench.keras"), "cpu"
+    )
+    backend.warm_up()
+    x = backend.preprocess([np.zeros((args.size, args.size, 3), np.uint8)])
+    base = pct(timed(lambda: backend.explainer.forward_explain(x), n), 50)
+    x8 = np.repeat(x, 8, axis=0)
+    res["fused_batch8_per_image_ms"] = pct(timed(lambda: backend.explainer.forward_explain(x8), max(3, n // 3)), 50) / 8
+    res["raw_fused_ms"] = base
+    from pydicom.data import get_testdata_file
+
+    dcm = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    for name, data in (
+        ("decode_jpeg_512_ms", jpeg(512)),
+        ("decode_jpeg_4096_ms", jpeg(4096)),
+        ("decode_dicom_ms", dcm),
+    ):
+        res[name] = pct(timed(lambda d=data: decode_image(d, max_pixels=50_000_000), 10), 50)  # type: ignore[misc]
+
+    # --- DoctorAI, batching on: cold start, latency, cache, gradio_client, throughput
+    port_on = args.port
+    t0 = time.perf_counter()
+    proc = start_doctorai(work, model_dir, registry, port_on, DOCTORAI_PRELOAD="bench")
+    url = f"http://127.0.0.1:{port_on}"
+    try:
+        wait_http(url + "/api/health", 120)
+        res["cold_health_s"] = time.perf_counter() - t0
+        wait_http(url + "/api/ready", 600)
+        res["cold_ready_s"] = time.perf_counter() - t0
+        first = rest_latencies(url, [png(10_000, args.size)])[0]
+        warm = rest_latencies(url, [png(10_001 + i, args.size) for i in range(n)])
+        res["first_analysis_ms"] = first
+        res["rest_p50_ms"], res["rest_p95_ms"] = pct(warm, 50), pct(warm, 95)
+        hit_img = png(10_001, args.size)
+        hits = rest_latencies(url, [hit_img] * n)
+        res["cache_hit_p50_ms"] = pct(hits, 50)
+        paths = []
+        for i in range(n):
+            p = work / f"g{i}.png"
+            p.write_bytes(png(20_000 + i, args.size))
+            paths.append(p)
+        g = gradio_latencies(url, paths, "/predict_bench", (0.45, True))
+        res["gradio_p50_ms"], res["gradio_p95_ms"] = pct(g, 50), pct(g, 95)
+        res["throughput_batching_on"] = {
+            c: asyncio.run(throughput(url, c, max(2, 24 // c), args.size, 30_000 + c * 100_000)) for c in LEVELS
+        }
+        res["rss_server_mb_one_model"] = rss_mb(proc.pid)
+    finally:
+        stop(proc)
+
+    # --- DoctorAI, batching off
+    proc = start_doctorai(work, model_dir, registry, port_on + 1, DOCTORAI_PRELOAD="bench", DOCTORAI_BATCHING="false")
+    url_off = f"http://127.0.0.1:{port_on + 1}"
+    try:
+        wait_http(url_off + "/api/ready", 600)
+        rest_latencies(url_off, [png(1, args.size)])
+        res["throughput_batching_off"] = {
+            c: asyncio.run(throughput(url_off, c, max(2, 24 // c), args.size, 40_000 + c * 100_000)) for c in LEVELS
+        }
+    finally:
+        stop(proc)
+
+    # --- naive baseline
+    if not args.skip_naive:
+        naive_port = port_on + 2
+        naive = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "naive_app.py"), str(model_dir / "bench.keras"), str(naive_port)],
+            stdout=(work / "naive.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{naive_port}/", 600)
+            nv = gradio_latencies(f"http://127.0.0.1:{naive_port}", paths[: max(5, n // 2)], "/predict", ())
+            res["naive_p50_ms"], res["naive_p95_ms"] = pct(nv, 50), pct(nv, 95)
+        finally:
+            stop(naive)
+
+    # --- RSS with every installed real model loaded
+    if args.real_models:
+        from inference.registry import Registry as Reg
+
+        ids = ",".join(s.id for s in Reg.from_yaml(REPO / "assets" / "models.yaml"))
+        proc = start_doctorai(work, REPO / "assets" / "models", None, port_on + 3, DOCTORAI_PRELOAD=ids)
+        try:
+            wait_http(f"http://127.0.0.1:{port_on + 3}/api/ready", 900)
+            import httpx
+
+            states = httpx.get(f"http://127.0.0.1:{port_on + 3}/api/ready").json()["models"]
+            res["real_models_loaded"] = [m for m, s in states.items() if s["state"] == "ready"]
+            res["rss_all_real_models_mb"] = rss_mb(proc.pid)
+        finally:
+            stop(proc)
+
+    report(res, args.size)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+def report(res: dict[str, Any], size: int) -> None:
+    base = res["raw_fused_ms"]
+    rows: list[tuple[str, str, str]] = [("raw fused forward+Grad-CAM, batch 1 (p50)", f"{base:.1f} ms", "1.00")]
+
+    def add(label: str, key: str) -> None:
+        if key in res:
+            rows.append((label, f"{res[key]:.1f} ms", f"{res[key] / base:.2f}"))
+
+    add("fused, batch 8, per image", "fused_batch8_per_image_ms")
+    add("REST end-to-end p50", "rest_p50_ms")
+    add("REST end-to-end p95", "rest_p95_ms")
+    add("gradio_client p50", "gradio_p50_ms")
+    add("gradio_client p95", "gradio_p95_ms")
+    add("cache hit p50", "cache_hit_p50_ms")
+    add("first analysis after preload", "first_analysis_ms")
+    add("naive Spaces app p50", "naive_p50_ms")
+    add("naive Spaces app p95", "naive_p95_ms")
+    add("decode 512 px JPEG", "decode_jpeg_512_ms")
+    add("decode 4096 px JPEG", "decode_jpeg_4096_ms")
+    add("decode DICOM (CT_small)", "decode_dicom_ms")
+    print(f"\nDoctorAI load benchmark: DenseNet201-size model, {size} px, CPU x{os.cpu_count()}")
+    print(f"{'measurement':45s} {'value':>12s} {'x raw fused':>12s}")
+    for label, value, ratio in rows:
+        print(f"{label:45s} {value:>12s} {ratio:>12s}")
+    print(f"\n{'clients':>8s} {'img/s batching on':>18s} {'img/s off':>10s} {'on/off':>7s}")
+    for c in LEVELS:
+        on, off = res["throughput_batching_on"][c], res["throughput_batching_off"][c]
+        print(f"{c:8d} {on:18.2f} {off:10.2f} {on / off:7.2f}")
+    print(f"\ncold start: /api/health {res['cold_health_s']:.1f} s, /api/ready (preloaded) {res['cold_ready_s']:.1f} s")
+    if "naive_p50_ms" in res:
+        print(f"naive / DoctorAI REST p50: {res['naive_p50_ms'] / res['rest_p50_ms']:.1f}x")
+    print(f"RSS, one DenseNet-size model loaded: {res['rss_server_mb_one_model']:.0f} MB")
+    if "rss_all_real_models_mb" in res:
+        print(f"RSS with {res['real_models_loaded']}: {res['rss_all_real_models_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
