@@ -40,7 +40,7 @@ def main() -> None:
         w = tf.reduce_mean(grads, axis=(1, 2))
         cam = tf.nn.relu(tf.reduce_sum(conv * w[:, None, None, :], axis=-1))[0].numpy()
         cam = cam / (cam.max() + 1e-8)
-        heat = np.asarray(Image.fromarray(np.uint8(cam * 255)).resize(img.shape[1::-1]))
+        heat = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(img.shape[1::-1]))
         overlay = (img * 0.6 + heat[..., None] * 0.4).astype(np.uint8)
         return {f"c{i}": float(p) for i, p in enumerate(probs)}, overlay
 

@@ -2,7 +2,8 @@
 
 States (as reported by ``/api/ready``):
 
-* ``not_installed`` - the weights file is absent (or the backend is not available here);
+* ``not_installed`` - the weights file is absent (or the backend is not available here; kinds
+  registered with a :class:`BackendKind`, such as chat, decide this themselves);
 * ``not_loaded``    - weights present, not loaded yet (loaded on first use);
 * ``loading``       - a thread is loading it; other requests wait for that one load;
 * ``ready``         - loaded and warmed up;
@@ -18,12 +19,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from inference.backends.base import Backend, DevicePolicy
-from inference.errors import DoctorAIError, ModelLoadFailed, ModelNotInstalled
+from inference.errors import DoctorAIError, InvalidInput, ModelLoadFailed, ModelNotInstalled
 from inference.registry import ModelSpec, Registry, file_sha256
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,30 @@ log = logging.getLogger(__name__)
 BackendLoader = Callable[[ModelSpec, Path, DevicePolicy], Backend]
 
 
-class ModelState(str, Enum):
+class LoadedModel(Protocol):
+    """What the manager needs from anything it loads (image backends, the chat model, ...)."""
+
+    def warm_up(self) -> None: ...
+
+    def memory_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """A backend kind whose installation is not "one weights file".
+
+    ``is_installed(spec, model_dir)`` returns ``(ok, how-to-install message)``; ``load(spec,
+    model_dir, device)`` gets the model folder instead of a weights path. The chat kind uses it:
+    installed means a knowledge base index exists or its corpus is configured.
+    """
+
+    load: Callable[[ModelSpec, Path, DevicePolicy], LoadedModel]
+    is_installed: Callable[[ModelSpec, Path], tuple[bool, str | None]]
+
+
+class ModelState(StrEnum):
     NOT_INSTALLED = "not_installed"
     NOT_LOADED = "not_loaded"
     LOADING = "loading"
@@ -47,7 +71,12 @@ def default_loaders() -> dict[str, BackendLoader]:
 
         return KerasImageBackend.load(spec, path, device)
 
-    return {"keras_image": keras_image}
+    def xgboost_palm(spec: ModelSpec, path: Path, device: DevicePolicy) -> Backend:
+        from inference.backends.xgboost_palm import XGBoostPalmBackend
+
+        return XGBoostPalmBackend.load(spec, path, device)
+
+    return {"keras_image": keras_image, "xgboost_palm": xgboost_palm}
 
 
 @dataclass
@@ -55,7 +84,7 @@ class _Slot:
     spec: ModelSpec
     lock: threading.Lock
     state: ModelState = ModelState.NOT_LOADED
-    backend: Backend | None = None
+    backend: LoadedModel | None = None
     error: str | None = None
     load_seconds: float | None = None
     loads: int = 0
@@ -73,6 +102,7 @@ class ModelManager:
         memory_budget_bytes: int = 0,
         loaders: dict[str, BackendLoader] | None = None,
         verify_checksums: bool = True,
+        kinds: dict[str, BackendKind] | None = None,
     ) -> None:
         self.registry = registry
         self.model_dir = Path(model_dir)
@@ -80,13 +110,21 @@ class ModelManager:
         self.memory_budget_bytes = memory_budget_bytes
         self.loaders = loaders if loaders is not None else default_loaders()
         self.verify_checksums = verify_checksums
+        self.kinds: dict[str, BackendKind] = dict(kinds or {})
         self._slots = {spec.id: _Slot(spec, threading.Lock()) for spec in registry}
         self._lru: OrderedDict[str, None] = OrderedDict()  # ready models, least recently used first
         self._lru_lock = threading.Lock()
         self._preload_thread: threading.Thread | None = None
 
+    def register_kind(self, name: str, kind: BackendKind) -> None:
+        """Add (or replace) a backend kind with its own installation rule, e.g. ``chat``."""
+        self.kinds[name] = kind
+
     # ----------------------------------------------------------------- state
     def _installed(self, spec: ModelSpec) -> tuple[bool, str | None]:
+        kind = self.kinds.get(spec.backend)
+        if kind is not None:
+            return kind.is_installed(spec, self.model_dir)
         if spec.backend not in self.loaders:
             return False, f"the {spec.backend} backend is not available in this build"
         path = spec.weights_path(self.model_dir)
@@ -128,7 +166,13 @@ class ModelManager:
 
     # ------------------------------------------------------------------ load
     def get(self, model_id: str) -> Backend:
-        """The loaded backend, loading it on first use. Concurrent first calls load once."""
+        """The loaded image backend, loading it on first use. Concurrent first calls load once."""
+        if self._slot(model_id).spec.backend in self.kinds:
+            raise InvalidInput(f"{model_id} is not an image model")
+        return cast(Backend, self.get_model(model_id))
+
+    def get_model(self, model_id: str) -> LoadedModel:
+        """Like :meth:`get` for any kind (the chat model included)."""
         slot = self._slot(model_id)
         backend = slot.backend
         if backend is not None:  # fast path, no lock on the hot path
@@ -140,25 +184,30 @@ class ModelManager:
                 return slot.backend
             return self._load_locked(slot)
 
-    def _load_locked(self, slot: _Slot) -> Backend:
+    def _load_locked(self, slot: _Slot) -> LoadedModel:
         spec = slot.spec
         ok, why = self._installed(spec)
         if not ok:
             slot.state = ModelState.NOT_INSTALLED
             raise ModelNotInstalled(f"{spec.display_name}: {why}")
-        path = spec.weights_path(self.model_dir)
+        kind = self.kinds.get(spec.backend)
+        path = spec.weights_path(self.model_dir) if kind is None else self.model_dir
         assert path is not None
         slot.state = ModelState.LOADING
         t0 = time.perf_counter()
+        backend: LoadedModel
         try:
-            if self.verify_checksums and spec.weights and spec.weights.sha256:
+            if self.verify_checksums and kind is None and spec.weights and spec.weights.sha256:
                 actual = file_sha256(path)
                 if actual != spec.weights.sha256:
                     raise ModelLoadFailed(
                         f"{path.name} does not match the sha256 in the registry (got {actual[:12]}..., "
                         f"expected {spec.weights.sha256[:12]}...); reinstall the file"
                     )
-            backend = self.loaders[spec.backend](spec, path, self.device)
+            if kind is not None:
+                backend = kind.load(spec, path, self.device)
+            else:
+                backend = self.loaders[spec.backend](spec, path, self.device)
             backend.warm_up()
         except DoctorAIError as exc:
             self._fail(slot, exc.message)
@@ -226,7 +275,7 @@ class ModelManager:
         def run() -> None:
             for model_id in ids:
                 try:
-                    self.get(model_id)
+                    self.get_model(model_id)
                 except DoctorAIError as exc:
                     log.warning("preload of %s skipped: %s", model_id, exc.message)
 

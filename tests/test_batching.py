@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,13 +24,13 @@ def _echo(images: list[np.ndarray]) -> BatchOutput:
     return BatchOutput(preds, {"forward": 1.0})
 
 
-def _run_concurrently(n: int, fn: object) -> list[object]:
-    results: list[object] = [None] * n
+def _run_concurrently(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    results: list[Any] = [None] * n
     barrier = threading.Barrier(n)
 
     def worker(i: int) -> None:
         barrier.wait()
-        results[i] = fn(i)  # type: ignore[operator]
+        results[i] = fn(i)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     for t in threads:
@@ -41,10 +43,11 @@ def _run_concurrently(n: int, fn: object) -> list[object]:
 def test_concurrent_submits_are_batched_and_each_gets_its_own_result() -> None:
     b = MicroBatcher(_echo, max_batch=8, max_wait_ms=50)
     out = _run_concurrently(8, lambda i: b.submit(np.full((2, 2, 3), i, np.uint8)))
-    for i, (batch, index, waited) in enumerate(out):  # type: ignore[misc]
+    for i, (batch, index, waited) in enumerate(out):
         assert batch.predictions[index].label == str(i)
         assert waited >= 0
-    assert b.items == 8 and b.batches < 8
+    assert b.items == 8
+    assert b.batches < 8
     b.close()
 
 
@@ -57,7 +60,8 @@ def test_batch_size_is_bounded() -> None:
 
     b = MicroBatcher(fn, max_batch=3, max_wait_ms=50)
     _run_concurrently(10, lambda i: b.submit(np.full((1, 1, 3), i, np.uint8)))
-    assert max(sizes) <= 3 and sum(sizes) == 10
+    assert max(sizes) <= 3
+    assert sum(sizes) == 10
     b.close()
 
 
@@ -84,7 +88,7 @@ def test_results_are_identical_with_batching_on_and_off(tiny_registry_file: Path
     rng = np.random.default_rng(11)
     images = [image_bytes(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)) for i in range(8)]
 
-    def analyse_all(batching: bool) -> list[object]:
+    def analyse_all(batching: bool) -> list[Any]:
         an = Analyzer(
             manager,
             PredictionCache(None, size_limit_bytes=1),
@@ -100,9 +104,9 @@ def test_results_are_identical_with_batching_on_and_off(tiny_registry_file: Path
             an.close()
 
     off, on = analyse_all(False), analyse_all(True)
-    assert max(r.timing_ms.get("batch_size", 1) for r in on) > 1  # type: ignore[attr-defined]
+    assert max(r.timing_ms.get("batch_size", 1) for r in on) > 1
     for a, b in zip(off, on, strict=True):
-        pa, pb = a.prediction, b.prediction  # type: ignore[attr-defined]
+        pa, pb = a.prediction, b.prediction
         assert pa.label == pb.label
         np.testing.assert_allclose(list(pa.probabilities.values()), list(pb.probabilities.values()), atol=1e-5)
         np.testing.assert_allclose(pa.explanation, pb.explanation, atol=1e-5)

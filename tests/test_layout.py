@@ -52,7 +52,9 @@ def test_settings_come_from_doctorai_env_vars(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("DOCTORAI_MAX_UPLOAD_MB", "5")
     s = Settings()
     assert s.preload == ["brain_tumor", "chest_xray"]
-    assert s.data_dir == tmp_path and s.resolved_cache_dir == tmp_path / "cache"
-    assert s.device == "cpu" and s.max_upload_bytes == 5 * 2**20
+    assert s.data_dir == tmp_path
+    assert s.resolved_cache_dir == tmp_path / "cache"
+    assert s.device == "cpu"
+    assert s.max_upload_bytes == 5 * 2**20
     monkeypatch.setenv("DOCTORAI_PRELOAD", '["palm"]')
     assert Settings().preload == ["palm"]
