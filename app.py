@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     import gradio as gr
     from fastapi import FastAPI
 
+    from api.chat import build_chat_router
     from api.routes import APP_VERSION, build_router, install_error_handlers
     from inference.runtime import build_runtime
     from tabs import CSS, build_ui
@@ -34,8 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if settings.preload:
-            runtime.manager.preload(settings.preload, background=True)
+        runtime.start_background(delay_s=1.0)
         yield
         runtime.analyzer.close()
         runtime.cache.close()
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.state.runtime = runtime
     install_error_handlers(api)
     api.include_router(build_router(runtime))
+    api.include_router(build_chat_router(runtime))
     blocks = build_ui(runtime)
     return gr.mount_gradio_app(
         api,

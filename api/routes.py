@@ -6,13 +6,11 @@ import base64
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from inference.errors import DoctorAIError, ImageTooLarge, InvalidInput
-from inference.imaging import to_png_bytes
-from inference.manager import ModelState
 from inference.runtime import Runtime
 from inference.service import RESEARCH_NOTICE
 
@@ -111,14 +109,14 @@ def build_router(runtime: Runtime) -> APIRouter:
         # Read at most limit+1 bytes: a lying or missing Content-Length cannot make us hold more.
         data = file.file.read(settings.max_upload_bytes + 1)
         want_cam = explain or bool(explain_form)
-        result = runtime.analyzer.analyze(
-            model_id, data, filename=file.filename, explain=want_cam, need_pixels=want_cam
-        )
+        analyzer = runtime.analyzer
+        result = analyzer.analyze(model_id, data, filename=file.filename, explain=want_cam, need_pixels=False)
         heatmap = None
         if want_cam:
-            img = result.explanation_image(opacity, settings.heatmap_colormap)
-            if img is not None:
-                heatmap = base64.b64encode(to_png_bytes(img)).decode("ascii")
+            png = analyzer.heatmap_png(
+                result, data, filename=file.filename, opacity=opacity, colormap=settings.heatmap_colormap
+            )
+            heatmap = None if png is None else base64.b64encode(png).decode("ascii")
         return PredictResponse(
             model_id=spec.id,
             model_version=spec.version,
@@ -133,11 +131,3 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
 
     return router
-
-
-def raise_http(exc: DoctorAIError) -> HTTPException:
-    """For code paths that want an ``HTTPException`` object rather than the handler."""
-    return HTTPException(exc.status_code, exc.message)
-
-
-__all__ = ["APP_VERSION", "ModelState", "build_router", "install_error_handlers"]

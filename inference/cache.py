@@ -94,6 +94,25 @@ class PredictionCache:
         except Exception:
             log.warning("prediction cache write failed", exc_info=True)
 
+    def get_bytes(self, key: str) -> bytes | None:
+        """A rendered artefact (PNG) stored with :meth:`set_bytes`; not counted as a hit."""
+        if self._cache is None:
+            return None
+        try:
+            value = self._cache.get(key)
+        except Exception:
+            log.warning("prediction cache read failed", exc_info=True)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def set_bytes(self, key: str, value: bytes) -> None:
+        if self._cache is None:
+            return
+        try:
+            self._cache.set(key, value, expire=self.ttl_s or None)
+        except Exception:
+            log.warning("prediction cache write failed", exc_info=True)
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"enabled": self.enabled, "hits": self.hits, "misses": self.misses}
         if self._cache is not None:

@@ -268,9 +268,19 @@ class ModelManager:
             gc.collect()
             log.info("unloaded %s", model_id)
 
+    def mark_loading(self, model_ids: Iterable[str]) -> None:
+        """Report installed, not yet loaded models as ``loading`` (a preload is scheduled)."""
+        for model_id in model_ids:
+            if model_id in self.registry:
+                slot = self._slots[model_id]
+                if slot.state is ModelState.NOT_LOADED and self._installed(slot.spec)[0]:
+                    slot.state = ModelState.LOADING
+
     def preload(self, model_ids: Iterable[str], background: bool = True) -> None:
-        """Load the listed models now (in a daemon thread by default); errors end up in state."""
+        """Load the listed models now (in a daemon thread by default); errors end up in
+        their state. Until each one is ready, it reports ``loading``."""
         ids = [m for m in model_ids if m in self.registry]
+        self.mark_loading(ids)
 
         def run() -> None:
             for model_id in ids:

@@ -38,8 +38,13 @@ def overlay_heatmap(pixels: np.ndarray, cam: np.ndarray, opacity: float = 0.45, 
     """Blend a [0, 1] map over an RGB uint8 image. Opacity scales with the map's value, so
     cold regions stay readable and the tissue under a hot spot is still visible."""
     h, w = pixels.shape[:2]
-    heat = np.clip(resize_map(cam, (w, h)), 0.0, 1.0)
-    colours = colormap_lut(colormap)[(heat * 255.0).astype(np.uint8)].astype(np.float32)
-    alpha = (float(np.clip(opacity, 0.0, 1.0)) * (0.25 + 0.75 * heat))[..., None]
-    out = pixels.astype(np.float32) * (1.0 - alpha) + colours * alpha
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    idx = (np.clip(resize_map(cam, (w, h)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    # Both the colour and the blending weight depend only on the 8-bit heat value, so they
+    # are looked up from 256-entry tables instead of computed per pixel.
+    alpha_lut = float(np.clip(opacity, 0.0, 1.0)) * (0.25 + 0.75 * np.arange(256, dtype=np.float32) / 255.0)
+    alpha = alpha_lut[idx][..., None]
+    colours = colormap_lut(colormap).astype(np.float32)[idx]
+    out = pixels.astype(np.float32)
+    out += (colours - out) * alpha
+    out += 0.5
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)

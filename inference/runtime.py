@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
 from inference.cache import PredictionCache
@@ -23,6 +25,24 @@ class Runtime:
     manager: ModelManager
     cache: PredictionCache
     analyzer: Analyzer
+
+    def start_background(self, delay_s: float = 1.0) -> threading.Thread:
+        """Warm the rendering path and preload ``settings.preload`` in a daemon thread.
+
+        It starts ``delay_s`` after the server begins listening: importing TensorFlow holds
+        the GIL for seconds and would otherwise delay the first ``/api/health`` answer.
+        Preloaded models report ``loading`` from now on, so ``/api/ready`` stays 503.
+        """
+        self.manager.mark_loading(self.settings.preload)
+
+        def run() -> None:
+            time.sleep(delay_s)
+            self.analyzer.warm_up(self.settings.heatmap_colormap)
+            self.manager.preload(self.settings.preload, background=False)
+
+        thread = threading.Thread(target=run, name="doctorai-startup", daemon=True)
+        thread.start()
+        return thread
 
 
 def build_runtime(settings: Settings, registry: Registry | None = None) -> Runtime:

@@ -18,7 +18,7 @@ from inference.batching import MicroBatcher
 from inference.cache import PredictionCache, cache_key
 from inference.errors import ImageTooLarge, InvalidInput
 from inference.explain import render_explanation
-from inference.imaging import DecodedImage, decode_image, sha256_bytes
+from inference.imaging import DecodedImage, decode_image, sha256_bytes, to_png_bytes
 from inference.manager import ModelManager
 from inference.overlay import display_image
 from inference.registry import ModelSpec
@@ -37,6 +37,7 @@ class AnalysisResult:
     timing_ms: dict[str, float]
     image: DecodedImage | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cache_key: str = ""
 
     @property
     def model_id(self) -> str:
@@ -116,6 +117,33 @@ class Analyzer:
         timing["batch_size"] = float(len(out.predictions))
         return out.predictions[index], timing
 
+    def warm_up(self, colormap: str = "jet") -> None:
+        """Pay one-off costs (colormap tables, PNG encoder) at start-up, not in a request."""
+        from inference.overlay import colormap_lut, overlay_heatmap
+
+        colormap_lut(colormap)
+        to_png_bytes(overlay_heatmap(np.zeros((8, 8, 3), np.uint8), np.ones((2, 2), np.float32), 0.5, colormap))
+
+    def heatmap_png(
+        self, result: AnalysisResult, data: bytes, *, filename: str | None, opacity: float, colormap: str
+    ) -> bytes | None:
+        """The explanation overlay as PNG bytes, cached like the prediction itself, so a
+        repeated request neither decodes nor renders nor encodes again."""
+        if result.prediction.explanation is None:
+            return None
+        key = f"{result.cache_key}:render:{opacity:.3f}:{colormap}"
+        cached = self.cache.get_bytes(key)
+        if cached is not None:
+            return cached
+        if result.image is None:
+            result.image = self.decode(data, filename)
+        img = result.explanation_image(opacity, colormap)
+        if img is None:
+            return None
+        png = to_png_bytes(img)
+        self.cache.set_bytes(key, png)
+        return png
+
     def close(self) -> None:
         for batcher in self._batchers.values():
             batcher.close()
@@ -156,7 +184,7 @@ class Analyzer:
             timing["decode"] = (time.perf_counter() - t) * 1e3
         if hit is not None:
             timing["total"] = (time.perf_counter() - t0) * 1e3
-            return AnalysisResult(spec, hit, True, sha, timing, image)
+            return AnalysisResult(spec, hit, True, sha, timing, image, cache_key=key)
         assert image is not None
         if spec.id not in self.manager.loaded():
             # First use in this process: load here (typed errors surface now, not inside a
@@ -168,4 +196,4 @@ class Analyzer:
         timing.update(model_timing)
         self.cache.set(key, pred)
         timing["total"] = (time.perf_counter() - t0) * 1e3
-        return AnalysisResult(spec, pred, False, sha, timing, image)
+        return AnalysisResult(spec, pred, False, sha, timing, image, cache_key=key)

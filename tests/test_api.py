@@ -172,3 +172,36 @@ def test_gradio_ui_is_served_with_stable_api_names(client: Any) -> None:
     cfg = client.get("/config").json()
     names = {d.get("api_name") for d in cfg["dependencies"]}
     assert {"predict_tumor", "predict_xray", "predict_pox", "predict_nested"} <= names
+
+
+def test_repeated_explained_request_reuses_the_rendered_heatmap(client: Any, png_bytes: bytes) -> None:
+    a = post(client, "tumor", png_bytes, explain="true").json()
+    b = post(client, "tumor", png_bytes, explain="true").json()
+    assert b["cached"] is True
+    assert b["heatmap_png_base64"] == a["heatmap_png_base64"]
+    assert "decode" not in b["timing_breakdown_ms"]  # neither decoded nor re-rendered
+    c = post(client, "tumor", png_bytes, explain="true", opacity=0.9).json()
+    assert c["cached"] is True
+    assert c["heatmap_png_base64"] != a["heatmap_png_base64"]
+
+
+def test_ready_is_503_while_preloading_then_200(settings: Any) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app import create_app
+
+    settings.preload = ["tumor", "absent"]
+    with TestClient(create_app(settings)) as c:
+        first = c.get("/api/ready")
+        assert first.status_code == 503
+        assert first.json()["models"]["tumor"]["state"] == "loading"
+        assert c.get("/api/health").status_code == 200  # liveness never waits for models
+        deadline = time.monotonic() + 120
+        while c.get("/api/ready").status_code != 200:
+            assert time.monotonic() < deadline, "preload did not finish"
+            time.sleep(0.2)
+        body = c.get("/api/ready").json()
+        assert body["models"]["tumor"]["state"] == "ready"
+        assert body["models"]["absent"]["state"] == "not_installed"
