@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     heatmap_opacity: float = Field(0.45, ge=0.0, le=1.0)
     heatmap_colormap: str = "jet"
 
+    # chat / knowledge base (see the "Chat" section of the README)
+    kb_source: Path | None = Field(None, description="corpus .jsonl[.gz] the chat knowledge base is built from")
+    kb_dir: Path | None = Field(None, description="index folder; default DATA_DIR/<chat kb_dir>")
+    kb_auto_build: bool = Field(True, description="build a missing or stale index on first chat use")
+    allow_network: bool = Field(False, description="let the chat generator download a Hub checkpoint")
+    chat_generator: str | None = Field(None, description="overrides the chat spec's generator checkpoint")
+    chat_max_chars: int = Field(2000, ge=1, le=100_000, description="longest accepted chat message")
+    chat_max_history: int = Field(20, ge=0, le=1000, description="most history turns a chat request may carry")
+    chat_concurrency: int = Field(4, ge=1, description="chat answers produced at the same time (UI)")
+    torch_threads: int = Field(
+        1, ge=0, description="torch intra-op CPU threads once chat loads (process-wide); 0 = torch default"
+    )
+
     @field_validator("preload", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:

@@ -19,4 +19,33 @@ def render_explanation(pixels: np.ndarray, prediction: Prediction, *, opacity: f
         return pixels
     if prediction.explanation_kind == "gradcam":
         return overlay_heatmap(pixels, expl, opacity, colormap)
+    if prediction.explanation_kind == "feature_contributions":
+        return render_feature_contributions(expl, scored_class=str(prediction.extra.get("scored_class", "class 1")))
     raise ValueError(f"no renderer for explanation kind {prediction.explanation_kind!r}")
+
+
+def render_feature_contributions(contributions: np.ndarray, *, scored_class: str, top: int = 15) -> np.ndarray:
+    """A bar chart of the ``top`` palm histogram bins by absolute contribution, as RGB uint8.
+
+    Bars to the right push towards ``scored_class``, bars to the left away from it; each bin
+    is labelled with its H, S and V ranges (OpenCV units).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from inference.backends.xgboost_palm import bin_label
+
+    values = np.asarray(contributions, dtype=np.float64).ravel()
+    order = np.argsort(-np.abs(values), kind="stable")[:top][::-1]
+    fig = Figure(figsize=(7.0, 0.32 * len(order) + 1.3), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = ["#c0392b" if values[i] > 0 else "#2471a3" for i in order]
+    ax.barh(range(len(order)), values[order], color=colours)
+    ax.set_yticks(range(len(order)), [bin_label(int(i)) for i in order], fontsize=8)
+    ax.axvline(0.0, color="#444444", linewidth=0.8)
+    ax.set_xlabel(f"contribution to the log-odds of {scored_class}")
+    ax.set_title(f"Top {len(order)} colour-histogram bins (right: towards {scored_class})", fontsize=9)
+    fig.tight_layout()
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])

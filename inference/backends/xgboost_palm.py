@@ -1,0 +1,231 @@
+"""Palm anaemia screening: an OpenCV HSV colour histogram fed to an XGBoost classifier.
+
+Features (exactly the original's, see ``shared/reference/models.md``): the image as BGR,
+resized to 128x128, converted to HSV (OpenCV ranges: H 0-179, S and V 0-255), a 3-D
+``calcHist`` with 8x8x8 bins over ``[0, 256)`` on every channel (so hue only fills the lower
+six of its eight bins), L2-normalised and flattened to 512 values. Feature ``i`` is the bin
+``(h, s, v) = (i // 64, (i // 8) % 8, i % 8)``.
+
+Weights load from XGBoost's own JSON or UBJSON formats only. A pickle can run arbitrary code
+when it is read, so the only way to use an old pickled model is the explicit, offline
+conversion::
+
+    python -m inference.backends.xgboost_palm convert --trust-pickle IN.pkl OUT.ubj --margin-class AnemicP
+
+The booster records which class a positive margin stands for (attribute
+``doctorai_margin_class``), so the label order never depends on a directory listing again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.backends.base import Backend, DevicePolicy, Prediction
+from inference.errors import ModelLoadFailed
+from inference.explain import render_explanation
+from inference.heads import apply_head, predicted_index
+from inference.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+N_BINS = 8
+N_FEATURES = N_BINS**3
+FEATURE_SIZE = 128
+MARGIN_CLASS_ATTR = "doctorai_margin_class"
+NATIVE_SUFFIXES = (".json", ".ubj")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dat", ".sav")
+
+
+def features_from_bgr(bgr: np.ndarray) -> np.ndarray:
+    """The 512 L2-normalised HSV histogram features of one BGR ``uint8`` image."""
+    import cv2
+
+    img = cv2.resize(bgr, (FEATURE_SIZE, FEATURE_SIZE))
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [N_BINS, N_BINS, N_BINS], [0, 256, 0, 256, 0, 256])
+    hist = cv2.normalize(hist, hist)  # default: NORM_L2
+    return np.asarray(hist, dtype=np.float32).ravel()
+
+
+def palm_features(rgb: np.ndarray) -> np.ndarray:
+    """Features of one RGB ``uint8`` image (as :func:`inference.imaging.decode_image` gives)."""
+    import cv2
+
+    return features_from_bgr(cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR))
+
+
+def bin_label(index: int) -> str:
+    """Human-readable name of feature ``index``: its H, S and V value ranges (OpenCV units)."""
+    width = 256 // N_BINS
+    h, s, v = index // (N_BINS * N_BINS), (index // N_BINS) % N_BINS, index % N_BINS
+    return (
+        f"H {h * width}-{h * width + width - 1} · S {s * width}-{s * width + width - 1} · "
+        f"V {v * width}-{v * width + width - 1}"
+    )
+
+
+def load_booster(path: Path) -> Any:
+    """Load an XGBoost Booster from a native ``.json``/``.ubj`` file; refuse anything else."""
+    import xgboost as xgb
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ModelLoadFailed(
+            f"{path.name} is a pickle, which can run code when loaded; convert it once with "
+            f"`python -m inference.backends.xgboost_palm convert --trust-pickle {path.name} palm.ubj` "
+            "if you trust its origin"
+        )
+    if suffix not in NATIVE_SUFFIXES:
+        raise ModelLoadFailed(f"{path.name}: the palm model must be an XGBoost .json or .ubj file")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError as exc:
+        raise ModelLoadFailed(f"could not load {path.name}: {exc}") from exc
+    return booster
+
+
+class XGBoostPalmBackend(Backend):
+    """HSV histogram + XGBoost; the explanation is each feature's contribution to the margin."""
+
+    def __init__(self, spec: ModelSpec, booster: Any) -> None:
+        super().__init__(spec)
+        if spec.n_outputs != 1:
+            raise ModelLoadFailed(f"{spec.id}: the palm backend needs a binary head")
+        n = int(booster.num_features())
+        if n != N_FEATURES:
+            raise ModelLoadFailed(f"{spec.id}: the booster expects {n} features, the palm features are {N_FEATURES}")
+        margin_class = booster.attr(MARGIN_CLASS_ATTR)
+        positive = spec.class_ids[1]  # the head's raw output is P(classes[1])
+        if margin_class is None:
+            log.warning("%s: booster has no %s attribute; assuming it scores %s", spec.id, MARGIN_CLASS_ATTR, positive)
+            margin_class = positive
+        if margin_class not in spec.class_ids:
+            raise ModelLoadFailed(f"{spec.id}: the booster scores {margin_class!r}, which is not a class of the spec")
+        self._sign = 1.0 if margin_class == positive else -1.0
+        self.booster = booster
+
+    @classmethod
+    def load(cls, spec: ModelSpec, weights: Path, device: DevicePolicy) -> XGBoostPalmBackend:
+        return cls(spec, load_booster(weights))
+
+    def warm_up(self) -> None:
+        self.forward(np.zeros((1, N_FEATURES), np.float32), explain=True)
+
+    def memory_bytes(self) -> int:
+        return len(self.booster.save_raw("ubj"))
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([palm_features(img) for img in images]) if images else np.zeros((0, N_FEATURES), np.float32)
+
+    def margins(self, features: np.ndarray) -> np.ndarray:
+        """Log-odds of ``classes[1]`` per row."""
+        import xgboost as xgb
+
+        return self._sign * np.asarray(self.booster.predict(xgb.DMatrix(features), output_margin=True), np.float64)
+
+    def forward(self, batch: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        import xgboost as xgb
+
+        dm = xgb.DMatrix(batch)
+        margin = self._sign * np.asarray(self.booster.predict(dm, output_margin=True), np.float64)
+        raw = (1.0 / (1.0 + np.exp(-margin)))[:, None]
+        if not explain:
+            return raw, None
+        # (N, 513): one contribution per feature, then the bias; they sum to the margin.
+        contribs = self._sign * np.asarray(self.booster.predict(dm, pred_contribs=True), np.float64)
+        return raw, contribs
+
+    def postprocess(self, raw: np.ndarray, explanations: np.ndarray | None) -> list[Prediction]:
+        probs = apply_head(raw, self.spec.head, self.spec.calibration)
+        idx = predicted_index(probs, self.spec)
+        ids = self.spec.class_ids
+        preds = []
+        for i in range(probs.shape[0]):
+            extra: dict[str, Any] = {"scored_class": ids[1]}
+            expl = None
+            if explanations is not None:
+                expl = explanations[i, :N_FEATURES].astype(np.float32)
+                extra["bias"] = float(explanations[i, N_FEATURES])
+                extra["margin"] = float(explanations[i].sum())
+            preds.append(
+                Prediction(
+                    label=ids[int(idx[i])],
+                    probabilities={c: float(probs[i, j]) for j, c in enumerate(ids)},
+                    explanation=expl,
+                    explanation_kind=None if expl is None else "feature_contributions",
+                    extra=extra,
+                )
+            )
+        return preds
+
+    def explain(self, pixels: np.ndarray, prediction: Prediction, *, opacity: float, colormap: str) -> np.ndarray:
+        return render_explanation(pixels, prediction, opacity=opacity, colormap=colormap)
+
+    def close(self) -> None:
+        self.booster = None
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def convert_pickle(src: Path, dst: Path, margin_class: str) -> None:
+    """Convert a *trusted* pickled XGBoost model (Booster or XGBClassifier) to JSON/UBJ."""
+    import pickle
+
+    if Path(dst).suffix.lower() not in NATIVE_SUFFIXES:
+        raise ValueError(f"{dst}: the output must end in .ubj or .json")
+    with Path(src).open("rb") as fh:
+        try:
+            import joblib
+
+            obj = joblib.load(fh)
+        except ImportError:
+            obj = pickle.load(fh)  # noqa: S301  (only reached with --trust-pickle, offline)
+    booster = obj.get_booster() if hasattr(obj, "get_booster") else obj
+    if not hasattr(booster, "save_model") or not hasattr(booster, "set_attr"):
+        raise ValueError(f"{src}: not an XGBoost model ({type(obj).__name__})")
+    booster.set_attr(**{MARGIN_CLASS_ATTR: margin_class})
+    booster.save_model(str(dst))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m inference.backends.xgboost_palm convert --trust-pickle IN.pkl OUT.ubj``."""
+    parser = argparse.ArgumentParser(prog="python -m inference.backends.xgboost_palm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="convert a trusted pickled model to XGBoost's UBJ/JSON format")
+    conv.add_argument("src", type=Path)
+    conv.add_argument("dst", type=Path)
+    conv.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: loading a pickle runs whatever code it contains; only for files you trust",
+    )
+    conv.add_argument(
+        "--margin-class",
+        default="AnemicP",
+        help="the class a positive margin of this model stands for (label 1 when it was trained)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not args.trust_pickle:
+        log.error(
+            "refusing to load %s: a pickle can execute arbitrary code; pass --trust-pickle if you trust it",
+            args.src,
+        )
+        return 2
+    convert_pickle(args.src, args.dst, args.margin_class)
+    log.info("wrote %s (positive margin = %s)", args.dst, args.margin_class)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
