@@ -311,6 +311,7 @@ class TrainConfig:
     max_minutes: float | None = None
     limit_per_class: int | None = None
     install: bool = False
+    keep_better: bool = False
     registry: Path = DEFAULT_REGISTRY
     model_dir: Path = DEFAULT_MODEL_DIR
     version: str | None = None
@@ -715,8 +716,21 @@ def train_keras(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
     )
     if summary["weights_bytes"] > MAX_WEIGHTS_BYTES:
         raise RuntimeError(f"{model_path} is {summary['weights_bytes'] / 2**20:.1f} MB, over the 15 MB limit")
+    if cfg.install and cfg.keep_better:
+        evaluated = Registry.from_yaml(cfg.registry)[spec.id].card.get("evaluation") or {}
+        old = evaluated.get("balanced_accuracy")
+        if old is not None and val_metrics["balanced_accuracy"] < float(old):
+            log.warning(
+                "%s: not installed, val balanced accuracy %.4f is below the installed model's %.4f",
+                spec.id,
+                val_metrics["balanced_accuracy"],
+                float(old),
+            )
+            summary["installed"] = False
+            return summary
     if cfg.install:
         install(spec, model_path, cfg, summary, arch, len(train_set.paths), len(val_set.paths))
+        summary["installed"] = True
     return summary
 
 
@@ -1011,6 +1025,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, TrainConfig, int
     p.add_argument("--max-minutes", type=float, default=None, help="stop before an epoch would pass this")
     p.add_argument("--limit-per-class", type=int, default=None, help="use only the first N files per class")
     p.add_argument("--install", action="store_true", help="copy the weights to --model-dir and update --registry")
+    p.add_argument(
+        "--keep-better",
+        action="store_true",
+        help="with --install: keep the installed model if its card's val balanced accuracy is higher",
+    )
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
     p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--version", default=None, help="version to write (default: bump the current one)")
@@ -1031,6 +1050,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, TrainConfig, int
         max_minutes=a.max_minutes,
         limit_per_class=a.limit_per_class,
         install=a.install,
+        keep_better=a.keep_better,
         registry=a.registry,
         model_dir=a.model_dir,
         version=a.version,
