@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,29 +147,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_registry_file: Path
-) -> Iterator[str]:
-    """`python app.py` in a subprocess on a free loopback port, configured by DOCTORAI_* env."""
+@contextmanager
+def run_app(data: Path, **env: str) -> Iterator[str]:
+    """`python app.py` in a subprocess on a free loopback port, configured by DOCTORAI_* env;
+    yields its URL once /api/health answers, stops it afterwards."""
     import subprocess
     import sys
     import time
     import urllib.request
 
     port = free_port()
-    data = tmp_path_factory.mktemp("live-data")
-    env = {
-        **os.environ,
-        "DOCTORAI_PORT": str(port),
-        "DOCTORAI_HOST": "127.0.0.1",
-        "DOCTORAI_DATA_DIR": str(data),
-        "DOCTORAI_MODEL_DIR": str(tiny_model_dir),
-        "DOCTORAI_REGISTRY_FILE": str(tiny_registry_file),
-        "DOCTORAI_DEVICE": "cpu",
-    }
+    full = {**os.environ, "DOCTORAI_PORT": str(port), "DOCTORAI_HOST": "127.0.0.1", "DOCTORAI_DATA_DIR": str(data)}
+    full.update(env)
     log = (data / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -191,6 +183,20 @@ def live_server(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_registry_file: Path
+) -> Iterator[str]:
+    """The app with the tiny test models, served over real HTTP."""
+    with run_app(
+        tmp_path_factory.mktemp("live-data"),
+        DOCTORAI_MODEL_DIR=str(tiny_model_dir),
+        DOCTORAI_REGISTRY_FILE=str(tiny_registry_file),
+        DOCTORAI_DEVICE="cpu",
+    ) as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- chat / knowledge base
@@ -370,44 +376,11 @@ def chat_live_server(
 ) -> Iterator[str]:
     """Like ``live_server`` with the chat model: DOCTORAI_KB_SOURCE points at the small corpus and the
     index is built by the server on the first question (into its own data dir)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = free_port()
-    data = tmp_path_factory.mktemp("chat-live-data")
-    env = {
-        **os.environ,
-        "DOCTORAI_PORT": str(port),
-        "DOCTORAI_HOST": "127.0.0.1",
-        "DOCTORAI_DATA_DIR": str(data),
-        "DOCTORAI_MODEL_DIR": str(tiny_model_dir),
-        "DOCTORAI_REGISTRY_FILE": str(chat_registry_file),
-        "DOCTORAI_DEVICE": "cpu",
-        "DOCTORAI_KB_SOURCE": str(kb_corpus),
-    }
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start:\n" + (data / "server.log").read_text()[-3000:])
-        time.sleep(0.3)
-    try:
+    with run_app(
+        tmp_path_factory.mktemp("chat-live-data"),
+        DOCTORAI_MODEL_DIR=str(tiny_model_dir),
+        DOCTORAI_REGISTRY_FILE=str(chat_registry_file),
+        DOCTORAI_DEVICE="cpu",
+        DOCTORAI_KB_SOURCE=str(kb_corpus),
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()

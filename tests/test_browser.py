@@ -6,36 +6,14 @@ test's temp dir; set DOCTORAI_SCREENSHOT_DIR to keep copies.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from tests.browser_utils import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, keep_screenshot
 from tests.conftest import image_bytes
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make browser-deps)"),
-]
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _keep(path: Path) -> None:
-    keep = os.environ.get("DOCTORAI_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / path.name)
+pytestmark = BROWSER_MARKS
 
 
 def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Path) -> None:
@@ -71,4 +49,4 @@ def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Pa
         expect(page.get_by_text("put absent.keras in").first).to_be_visible()
         browser.close()
     assert shot.stat().st_size > 10_000
-    _keep(shot)
+    keep_screenshot(shot)

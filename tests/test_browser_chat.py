@@ -8,36 +8,14 @@ test's temp dir; set DOCTORAI_SCREENSHOT_DIR to keep copies.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from tests.browser_utils import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, keep_screenshot
 from tests.conftest import image_bytes
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make browser-deps)"),
-]
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _keep(path: Path) -> None:
-    keep = os.environ.get("DOCTORAI_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / path.name)
+pytestmark = BROWSER_MARKS
 
 
 def test_ask_a_question_and_see_the_answer_with_sources(chat_live_server: str, tmp_path: Path) -> None:
@@ -94,5 +72,5 @@ def test_ask_a_question_and_see_the_answer_with_sources(chat_live_server: str, t
         page.screenshot(path=str(tmp_path / "ui_chat_image_question.png"), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000
-    _keep(shot)
-    _keep(tmp_path / "ui_chat_image_question.png")
+    keep_screenshot(shot)
+    keep_screenshot(tmp_path / "ui_chat_image_question.png")
