@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from fastapi import FastAPI
 
     from api.chat import build_chat_router
+    from api.observability import install_metrics
     from api.routes import APP_VERSION, build_router, install_error_handlers
     from inference.runtime import build_runtime
     from tabs import CSS, build_ui
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = FastAPI(title="DoctorAI", version=APP_VERSION, lifespan=lifespan)
     api.state.runtime = runtime
     install_error_handlers(api)
+    api.state.metrics = install_metrics(api, runtime)
     api.include_router(build_router(runtime))
     api.include_router(build_chat_router(runtime))
     blocks = build_ui(runtime)

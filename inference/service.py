@@ -6,8 +6,10 @@ prediction -> cache store. A cache hit never touches the model.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,8 @@ from inference.imaging import DecodedImage, decode_image, sha256_bytes, to_png_b
 from inference.manager import ModelManager
 from inference.overlay import display_image
 from inference.registry import ModelSpec
+
+log = logging.getLogger(__name__)
 
 RESEARCH_NOTICE = "Research use only, not a diagnosis."
 
@@ -89,6 +93,19 @@ class Analyzer:
         self.batch_max_wait_ms = batch_max_wait_ms
         self._batchers: dict[tuple[str, bool], MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
+        self._observers: list[Callable[[AnalysisResult], None]] = []
+
+    def add_observer(self, fn: Callable[[AnalysisResult], None]) -> None:
+        """Call ``fn`` with every finished analysis (metrics, audit); it must not raise."""
+        self._observers.append(fn)
+
+    def _done(self, result: AnalysisResult) -> AnalysisResult:
+        for fn in self._observers:
+            try:
+                fn(result)
+            except Exception:  # an observer must never fail a user's analysis
+                log.warning("analysis observer %r failed", fn, exc_info=True)
+        return result
 
     def _batcher(self, model_id: str, explain: bool) -> MicroBatcher:
         key = (model_id, explain)
@@ -184,7 +201,7 @@ class Analyzer:
             timing["decode"] = (time.perf_counter() - t) * 1e3
         if hit is not None:
             timing["total"] = (time.perf_counter() - t0) * 1e3
-            return AnalysisResult(spec, hit, True, sha, timing, image, cache_key=key)
+            return self._done(AnalysisResult(spec, hit, True, sha, timing, image, cache_key=key))
         assert image is not None
         if spec.id not in self.manager.loaded():
             # First use in this process: load here (typed errors surface now, not inside a
@@ -196,4 +213,4 @@ class Analyzer:
         timing.update(model_timing)
         self.cache.set(key, pred)
         timing["total"] = (time.perf_counter() - t0) * 1e3
-        return AnalysisResult(spec, pred, False, sha, timing, image, cache_key=key)
+        return self._done(AnalysisResult(spec, pred, False, sha, timing, image, cache_key=key))

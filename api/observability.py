@@ -1,0 +1,148 @@
+"""Prometheus metrics: ``GET /metrics`` and the middleware and observers that feed it.
+
+Request metrics are labelled by route *template* (``/api/predict/{model_id}``), never by raw
+path, so label cardinality stays bounded. Inference metrics come from the analyzer's
+observer hook, so the REST API and the Gradio UI are counted alike. With several uvicorn
+workers set ``PROMETHEUS_MULTIPROC_DIR`` and the registry aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from inference.runtime import Runtime
+from inference.service import AnalysisResult
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Stages reported by the analyzer (ms) -> one histogram series per model and stage.
+STAGES = ("decode", "preprocess", "forward", "postprocess", "queue_wait", "model_load", "total")
+
+
+class Metrics:
+    """The application's metric objects, in their own registry (one per app instance)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "doctorai_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "doctorai_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("doctorai_http_requests_in_flight", "requests being served", registry=r)
+        self.inference_seconds = Histogram(
+            "doctorai_inference_stage_seconds",
+            "analysis latency per model and stage",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.analyses = Counter(
+            "doctorai_analyses_total", "finished analyses", ["model", "version", "cached"], registry=r
+        )
+        self.cache_events = Counter("doctorai_cache_events_total", "prediction cache lookups", ["result"], registry=r)
+        r.register(_RuntimeCollector(runtime))
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            MultiProcessCollector(r)
+
+    def observe(self, result: AnalysisResult) -> None:
+        model = result.model_id
+        for stage in STAGES:
+            ms = result.timing_ms.get(stage)
+            if ms is not None:
+                self.inference_seconds.labels(model, stage).observe(ms / 1e3)
+        self.analyses.labels(model, result.spec.version, str(result.cached).lower()).inc()
+        self.cache_events.labels("hit" if result.cached else "miss").inc()
+
+
+class _RuntimeCollector(Collector):
+    """Read at scrape time: model states, load seconds, cache size, process RSS."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.runtime.manager.status()
+        loaded = GaugeMetricFamily("doctorai_model_loaded", "1 when the model is loaded", labels=["model", "version"])
+        load_s = GaugeMetricFamily("doctorai_model_load_seconds", "time the last load took", labels=["model"])
+        for model_id, st in status.items():
+            loaded.add_metric([model_id, st["version"]], 1.0 if st["state"] == "ready" else 0.0)
+            if "load_seconds" in st:
+                load_s.add_metric([model_id], float(st["load_seconds"]))
+        yield loaded
+        yield load_s
+        cache = self.runtime.cache.stats()
+        yield GaugeMetricFamily(
+            "doctorai_cache_entries", "entries in the prediction cache", value=cache.get("entries", 0)
+        )
+        rss = GaugeMetricFamily("doctorai_process_resident_memory_bytes", "resident memory of this process")
+        rss.add_metric([], float(_rss_bytes()))
+        yield rss
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def install_metrics(app: FastAPI, runtime: Runtime) -> Metrics:
+    """Attach the request middleware, the analyzer observer and ``GET /metrics``."""
+    metrics = Metrics(runtime)
+    runtime.analyzer.add_observer(metrics.observe)
+    settings = runtime.settings
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            metrics.in_flight.dec()
+            route = request.scope.get("route")
+            template = getattr(route, "path", None) or ("/gradio" if request.url.path != "/" else "/")
+            metrics.requests.labels(request.method, template, str(status)).inc()
+            metrics.request_seconds.labels(request.method, template).observe(time.perf_counter() - start)
+
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    def scrape(request: Request) -> Response:
+        token = settings.metrics_token
+        if token:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                raise HTTPException(401, "send the scrape token as 'Authorization: Bearer <token>'")
+        elif settings.env == "production":
+            raise HTTPException(404, "metrics are off: set DOCTORAI_METRICS_TOKEN to enable them")
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(router)
+    return metrics
