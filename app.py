@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from fastapi import FastAPI
 
     from api.chat import build_chat_router
+    from api.logs import install_request_ids
     from api.observability import install_metrics
     from api.routes import APP_VERSION, build_router, install_error_handlers
     from inference.runtime import build_runtime
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.state.runtime = runtime
     install_error_handlers(api)
     api.state.metrics = install_metrics(api, runtime)
+    install_request_ids(api)  # added last, so it runs first and wraps the metrics middleware
     api.include_router(build_router(runtime))
     api.include_router(build_chat_router(runtime))
     blocks = build_ui(runtime)
@@ -76,11 +78,19 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from api.logs import configure_logging
+
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     # Bounded graceful shutdown: open streaming connections (gradio_client, queues) must not
     # keep a terminated replica alive.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=5,
+        log_config=None,  # keep configure_logging's handlers (JSON lines with request ids)
+    )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(8, ge=1, le=256)
     batch_max_wait_ms: float = Field(3.0, ge=0.0, le=100.0)
 
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_token: str | None = Field(
         None,
         description="bearer token Prometheus must send to /metrics; unset = open in development, off in production",

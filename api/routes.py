@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from api.logs import current_request_id
 from inference.errors import DoctorAIError, ImageTooLarge, InvalidInput
 from inference.runtime import Runtime
 from inference.service import RESEARCH_NOTICE
@@ -38,13 +39,17 @@ def install_error_handlers(app: FastAPI) -> None:
     unexpected -> a plain 500 without a stack trace (the trace goes to the log)."""
 
     @app.exception_handler(DoctorAIError)
-    async def _domain(_: Request, exc: DoctorAIError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message, "error": type(exc).__name__}, status_code=exc.status_code)
+    async def _domain(request: Request, exc: DoctorAIError) -> JSONResponse:
+        log.info(
+            "rejected %s %s: %s", request.method, request.url.path, exc.message, extra={"error": type(exc).__name__}
+        )
+        body = {"detail": exc.message, "error": type(exc).__name__, "request_id": current_request_id()}
+        return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        return JSONResponse({"detail": "internal error", "request_id": current_request_id()}, status_code=500)
 
 
 def build_router(runtime: Runtime) -> APIRouter:
