@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from inference.backends.chat import INSTALL_KB, ChatAnswer, ChatChunk, ChatModel, chat_kind
+from inference.backends.chat import INSTALL_KB, ChatAnswer, ChatChunk, ChatModel
 from inference.chat_text import DISCLAIMER, Language, clean_history, clean_message, detect_language
 from inference.errors import InferenceError, UnknownModel
 from inference.manager import ModelManager, ModelState
@@ -166,9 +166,7 @@ class ChatService:
 
 
 def chat_service(runtime: Runtime) -> ChatService:
-    """The chat service of ``runtime``; registers the ``chat`` kind with its manager once."""
-    if "chat" not in runtime.manager.kinds:
-        runtime.manager.register_kind("chat", chat_kind(runtime.settings))
+    """The chat service over ``runtime``'s shared manager (which knows the ``chat`` kind)."""
     return ChatService(runtime.manager, runtime.settings)
 
 

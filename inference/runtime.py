@@ -49,11 +49,14 @@ def build_runtime(settings: Settings, registry: Registry | None = None) -> Runti
     """Cheap: reads the registry and opens the cache; loads no model."""
     registry = registry or Registry.from_yaml(settings.registry_file)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from inference.backends.chat import chat_kind  # light: torch loads with the chat model, not here
+
     manager = ModelManager(
         registry,
         settings.model_dir,
         device=settings.device,
         memory_budget_bytes=settings.memory_budget_mb * 2**20,
+        kinds={"chat": chat_kind(settings)},
     )
     cache = PredictionCache(
         settings.resolved_cache_dir if settings.cache_enabled else None,
