@@ -19,7 +19,7 @@ UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm
 def _summary(result: AnalysisResult) -> str:
     p = result.probabilities[result.label]
     total = result.timing_ms.get("total", 0.0)
-    cache = "✅ cache hit (model not run)" if result.cached else "computed"
+    cache = "hit (model not run)" if result.cached else "computed"
     load = result.timing_ms.get("model_load")
     loaded = f" (incl. {load / 1000:.1f} s loading the model on first use)" if load else ""
     return (
