@@ -53,6 +53,15 @@ def apply_head(raw: np.ndarray, head: Head, calibration: Calibration | None = No
     raise ValueError(f"head {head.value!r} has no class probabilities")
 
 
+def labelled(raw: np.ndarray, spec: ModelSpec) -> list[tuple[str, dict[str, float]]]:
+    """Per row: (predicted class id, {class id: calibrated probability}) in the spec's order.
+    The one path from raw outputs to what every image backend reports."""
+    probs = apply_head(raw, spec.head, spec.calibration)
+    idx = predicted_index(probs, spec)
+    ids = spec.class_ids
+    return [(ids[int(idx[i])], {c: float(probs[i, j]) for j, c in enumerate(ids)}) for i in range(probs.shape[0])]
+
+
 def predicted_index(probs: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Index of the predicted class per row; binary heads use the spec's operating threshold."""
     if spec.head in (Head.SIGMOID_SINGLE, Head.BINARY_CLASSIFIER):

@@ -61,9 +61,14 @@ class Backend(ABC):
     def postprocess(self, raw: np.ndarray, explanations: np.ndarray | None) -> list[Prediction]:
         """Raw outputs -> calibrated, labelled predictions."""
 
-    @abstractmethod
     def explain(self, pixels: np.ndarray, prediction: Prediction, *, opacity: float, colormap: str) -> np.ndarray:
-        """Render ``prediction``'s explanation as an RGB uint8 image (heatmap overlay, chart)."""
+        """Render ``prediction``'s explanation as an RGB uint8 image (heatmap overlay, chart).
+
+        The renderers live in ``inference.explain`` so a cached prediction can be drawn without
+        loading its model; override only for a backend-specific view."""
+        from inference.explain import render_explanation  # explain imports this module
+
+        return render_explanation(pixels, prediction, opacity=opacity, colormap=colormap)
 
     def warm_up(self) -> None:
         """Do one-off work (tracing, allocation) at load time rather than in a request."""

@@ -13,8 +13,7 @@ from PIL import Image
 
 from inference.backends.base import Backend, DevicePolicy, Prediction
 from inference.errors import ModelLoadFailed
-from inference.explain import render_explanation
-from inference.heads import apply_head, predicted_index
+from inference.heads import labelled
 from inference.registry import Head, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -118,23 +117,15 @@ class KerasImageBackend(Backend):
         return self.explainer.forward(batch), None
 
     def postprocess(self, raw: np.ndarray, explanations: np.ndarray | None) -> list[Prediction]:
-        probs = apply_head(raw, self.spec.head, self.spec.calibration)
-        idx = predicted_index(probs, self.spec)
-        ids = self.spec.class_ids
-        preds = []
-        for i in range(probs.shape[0]):
-            preds.append(
-                Prediction(
-                    label=ids[int(idx[i])],
-                    probabilities={c: float(probs[i, j]) for j, c in enumerate(ids)},
-                    explanation=None if explanations is None else explanations[i].astype(np.float32),
-                    explanation_kind=None if explanations is None else "gradcam",
-                )
+        return [
+            Prediction(
+                label=label,
+                probabilities=probs,
+                explanation=None if explanations is None else explanations[i].astype(np.float32),
+                explanation_kind=None if explanations is None else "gradcam",
             )
-        return preds
-
-    def explain(self, pixels: np.ndarray, prediction: Prediction, *, opacity: float, colormap: str) -> np.ndarray:
-        return render_explanation(pixels, prediction, opacity=opacity, colormap=colormap)
+            for i, (label, probs) in enumerate(labelled(raw, self.spec))
+        ]
 
     def close(self) -> None:
         # Drop our references; keras.backend.clear_session() would also reset the other

@@ -29,8 +29,7 @@ import numpy as np
 
 from inference.backends.base import Backend, DevicePolicy, Prediction
 from inference.errors import ModelLoadFailed
-from inference.explain import render_explanation
-from inference.heads import apply_head, predicted_index
+from inference.heads import labelled
 from inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -145,11 +144,9 @@ class XGBoostPalmBackend(Backend):
         return raw, contribs
 
     def postprocess(self, raw: np.ndarray, explanations: np.ndarray | None) -> list[Prediction]:
-        probs = apply_head(raw, self.spec.head, self.spec.calibration)
-        idx = predicted_index(probs, self.spec)
         ids = self.spec.class_ids
         preds = []
-        for i in range(probs.shape[0]):
+        for i, (label, probs) in enumerate(labelled(raw, self.spec)):
             extra: dict[str, Any] = {"scored_class": ids[1]}
             expl = None
             if explanations is not None:
@@ -158,17 +155,14 @@ class XGBoostPalmBackend(Backend):
                 extra["margin"] = float(explanations[i].sum())
             preds.append(
                 Prediction(
-                    label=ids[int(idx[i])],
-                    probabilities={c: float(probs[i, j]) for j, c in enumerate(ids)},
+                    label=label,
+                    probabilities=probs,
                     explanation=expl,
                     explanation_kind=None if expl is None else "feature_contributions",
                     extra=extra,
                 )
             )
         return preds
-
-    def explain(self, pixels: np.ndarray, prediction: Prediction, *, opacity: float, colormap: str) -> np.ndarray:
-        return render_explanation(pixels, prediction, opacity=opacity, colormap=colormap)
 
     def close(self) -> None:
         self.booster = None
