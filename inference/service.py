@@ -10,8 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +39,6 @@ class AnalysisResult:
     sha256: str
     timing_ms: dict[str, float]
     image: DecodedImage | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
     cache_key: str = ""
 
     @property
