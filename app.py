@@ -29,11 +29,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.logs import install_request_ids
     from api.observability import install_metrics
     from api.routes import APP_VERSION, build_router, install_error_handlers
+    from auth.web import AuthGate, HardeningMiddleware, build_auth, build_auth_router, gradio_user
     from inference.runtime import build_runtime
     from tabs import CSS, build_ui
 
     settings = settings or get_settings()
     runtime = build_runtime(settings)
+    auth = build_auth(settings)  # opens + migrates the accounts database, creates the first admin
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -41,15 +43,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         runtime.analyzer.close()
         runtime.cache.close()
+        auth.db.dispose()
 
     api = FastAPI(title="DoctorAI", version=APP_VERSION, lifespan=lifespan)
     api.state.runtime = runtime
+    api.state.auth = auth
     install_error_handlers(api)
+    # Middleware runs outermost-last-added: request id -> metrics -> hardening (headers, body
+    # limits) -> auth gate -> [OAuth state cookie] -> routes (FastAPI's and the mounted Gradio's).
+    if auth.sso is not None:
+        from starlette.middleware.sessions import SessionMiddleware
+
+        from auth.sso import OAUTH_COOKIE, build_sso_router
+        from auth.tokens import derive, resolve_secret
+
+        api.add_middleware(
+            SessionMiddleware,
+            secret_key=derive(resolve_secret(settings), "oauth-state").hex(),
+            session_cookie=OAUTH_COOKIE,
+            max_age=600,
+            same_site="lax",
+            https_only=settings.env == "production",
+        )
+        api.include_router(build_sso_router(auth))
+    api.add_middleware(AuthGate, ctx=auth)
+    api.add_middleware(HardeningMiddleware, settings=settings)
     api.state.metrics = install_metrics(api, runtime)
-    install_request_ids(api)  # added last, so it runs first and wraps the metrics middleware
-    api.include_router(build_router(runtime))
-    api.include_router(build_chat_router(runtime))
-    blocks = build_ui(runtime)
+    install_request_ids(api)
+    api.include_router(build_auth_router(auth))
+    api.include_router(build_router(runtime, auth))
+    api.include_router(build_chat_router(runtime, auth))
+    blocks = build_ui(runtime, auth)
     return gr.mount_gradio_app(
         api,
         blocks,
@@ -59,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         show_error=True,
         ssr_mode=False,
         footer_links=["api"],
+        auth_dependency=gradio_user,
     )
 
 
@@ -89,6 +114,8 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=5,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,  # keep configure_logging's handlers (JSON lines with request ids)
     )
 

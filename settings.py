@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -21,7 +21,9 @@ DEFAULT_SECRET = "change-me"  # noqa: S105 - a sentinel that production refuses,
 class Settings(BaseSettings):
     """Runtime configuration. Defaults run a self-contained single process."""
 
-    model_config = SettingsConfigDict(env_prefix="DOCTORAI_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DOCTORAI_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     env: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"
@@ -32,7 +34,54 @@ class Settings(BaseSettings):
     registry_file: Path = PROJECT_ROOT / "assets" / "models.yaml"
 
     secret_key: str = DEFAULT_SECRET
-    admin_password: str | None = None
+    admin_password: str | None = Field(None, description="first-run admin password; unset = random, printed once")
+
+    # accounts, sessions and audit (auth/)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/doctorai.db")
+    bcrypt_rounds: int = Field(12, ge=4, le=18, description="bcrypt cost; keep >= 12 outside tests")
+    session_ttl_s: int = Field(8 * 3600, ge=60, description="browser session lifetime")
+    access_token_ttl_s: int = Field(15 * 60, ge=10, description="JWT access token lifetime")
+    refresh_token_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="refresh token lifetime")
+    login_max_failures: int = Field(5, ge=1, description="failed logins of one account before it locks")
+    login_ip_max_failures: int = Field(20, ge=1, description="failed logins from one IP before it locks")
+    login_lockout_s: float = Field(30.0, gt=0, description="first lockout; doubles with each further failure")
+    login_lockout_max_s: float = Field(900.0, gt=0, description="longest lockout")
+    analyses_per_minute: int = Field(60, ge=0, description="analyses and chat questions per user per minute; 0 = off")
+    audit_keep_inputs: bool = Field(False, description="also store each analysed input under DATA_DIR/audit_inputs")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed to call the API from a browser; empty = same origin only"
+    )
+    forwarded_allow_ips: str = Field("127.0.0.1", description="proxies trusted for X-Forwarded-Proto/-For")
+    max_request_kb: int = Field(1024, ge=1, description="largest non-upload request body (JSON, forms)")
+
+    # single sign-on (OpenID Connect); unset issuer = off
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_name: str = Field("Single sign-on", description="button text on the login page")
+    oidc_scopes: str = "openid email profile"
+    oidc_allowed_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="e-mail domains allowed to sign in; empty = any"
+    )
+    oidc_role_claim: str = Field("groups", description="claim holding the user's groups or roles")
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=dict, description='JSON {"group": "admin|clinician|researcher"}; first match wins'
+    )
+    sso_default_role: Literal["admin", "clinician", "researcher"] = "clinician"
+    # Hugging Face Spaces OAuth: Spaces injects these (hf_oauth: true in the README front matter)
+    hf_oauth_client_id: str | None = Field(
+        None, validation_alias=AliasChoices("DOCTORAI_HF_OAUTH_CLIENT_ID", "OAUTH_CLIENT_ID")
+    )
+    hf_oauth_client_secret: str | None = Field(
+        None, validation_alias=AliasChoices("DOCTORAI_HF_OAUTH_CLIENT_SECRET", "OAUTH_CLIENT_SECRET")
+    )
+    hf_oauth_scopes: str = Field(
+        "openid profile", validation_alias=AliasChoices("DOCTORAI_HF_OAUTH_SCOPES", "OAUTH_SCOPES")
+    )
+    hf_openid_provider_url: str = Field(
+        "https://huggingface.co", validation_alias=AliasChoices("DOCTORAI_HF_OPENID_PROVIDER_URL", "OPENID_PROVIDER_URL")
+    )
+    space_host: str | None = Field(None, validation_alias=AliasChoices("DOCTORAI_SPACE_HOST", "SPACE_HOST"))
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -73,7 +122,7 @@ class Settings(BaseSettings):
         1, ge=0, description="torch intra-op CPU threads once chat loads (process-wide); 0 = torch default"
     )
 
-    @field_validator("preload", mode="before")
+    @field_validator("preload", "cors_origins", "oidc_allowed_domains", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # DOCTORAI_PRELOAD=brain_tumor,chest_xray or a JSON list.
@@ -88,11 +137,17 @@ class Settings(BaseSettings):
     def _refuse_default_secret(self) -> Settings:
         if self.env == "production" and (not self.secret_key or self.secret_key == DEFAULT_SECRET):
             raise ValueError("DOCTORAI_SECRET_KEY must be set to a random value in production")
+        if self.env == "production" and len(self.secret_key) < 32:
+            raise ValueError("DOCTORAI_SECRET_KEY must be at least 32 characters in production")
         return self
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'doctorai.db'}"
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.logs import current_request_id
+from auth.audit import AuditEntry
+from auth.web import Analyst, AuthContext, client_ip
 from inference.chat_service import chat_service
 from inference.runtime import Runtime
 
@@ -48,16 +51,29 @@ class ChatResponse(BaseModel):
     timing_ms: float
 
 
-def build_chat_router(runtime: Runtime) -> APIRouter:
+def build_chat_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
     """The chat route; registers the chat kind with the runtime's manager."""
     router = APIRouter(prefix="/api", tags=["chat"])
     service = chat_service(runtime)
 
     @router.post("/chat", response_model=ChatResponse)
     @router.post("/chatbot", response_model=ChatResponse, include_in_schema=False)  # the original app's path
-    def chat(body: ChatRequest) -> ChatResponse:
-        """Answer a health question from the knowledge base (not medical advice)."""
-        answer = service.ask(body.message, [t.model_dump() for t in body.history or []])
+    def chat(body: ChatRequest, request: Request, principal: Analyst) -> ChatResponse:
+        """Answer a health question from the knowledge base (not medical advice). Audited with
+        the SHA-256 of the message, not its text."""
+        entry = AuditEntry(
+            action="chat",
+            username=principal.username,
+            role=principal.role,
+            model_id="chat",
+            client_ip=client_ip(request),
+            request_id=current_request_id(),
+        )
+        with auth.audit.track(entry, body.message.encode("utf-8", "replace")):
+            auth.service.check_analysis_rate(principal.username)
+            answer = service.ask(body.message, [t.model_dump() for t in body.history or []])
+            entry.model_version = answer.model_version
+            entry.result = f"{answer.mode}, {len(answer.sources)} sources, {answer.language}"
         return ChatResponse(
             response=answer.response,
             sources=[SourceOut(title=s.title, url=s.url, score=s.score) for s in answer.sources],

@@ -135,13 +135,16 @@ def install_metrics(app: FastAPI, runtime: Runtime) -> Metrics:
 
     @router.get("/metrics", include_in_schema=False)
     def scrape(request: Request) -> Response:
+        # The auth gate lets through callers with the scrape token (Prometheus) and users; of
+        # users, only admins may read metrics.
         token = settings.metrics_token
-        if token:
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        sent = request.headers.get("authorization", "")
+        if not (token and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())):
+            principal = request.scope.get("state", {}).get("principal")
+            if principal is None:
                 raise HTTPException(401, "send the scrape token as 'Authorization: Bearer <token>'")
-        elif settings.env == "production":
-            raise HTTPException(404, "metrics are off: set DOCTORAI_METRICS_TOKEN to enable them")
+            if getattr(principal, "role", None) != "admin":
+                raise HTTPException(403, "metrics are for admins and for Prometheus (DOCTORAI_METRICS_TOKEN)")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(router)

@@ -6,11 +6,13 @@ import base64
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.logs import current_request_id
+from auth.audit import AuditEntry, result_summary
+from auth.web import Analyst, AuthContext, client_ip, current_principal
 from inference.errors import DoctorAIError, ImageTooLarge, InvalidInput
 from inference.runtime import Runtime
 from inference.service import RESEARCH_NOTICE
@@ -44,7 +46,7 @@ def install_error_handlers(app: FastAPI) -> None:
             "rejected %s %s: %s", request.method, request.url.path, exc.message, extra={"error": type(exc).__name__}
         )
         body = {"detail": exc.message, "error": type(exc).__name__, "request_id": current_request_id()}
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -52,7 +54,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error", "request_id": current_request_id()}, status_code=500)
 
 
-def build_router(runtime: Runtime) -> APIRouter:
+def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["api"])
     settings = runtime.settings
 
@@ -62,7 +64,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         return {"status": "ok", "version": APP_VERSION}
 
     @router.get("/ready")
-    def ready() -> JSONResponse:
+    def ready() -> JSONResponse:  # callers: any user, or probes with DOCTORAI_METRICS_TOKEN
         """Readiness: per-model state; 503 while a preloaded model is still loading."""
         models = runtime.manager.status()
         waiting = [m for m in settings.preload if models.get(m, {}).get("state") in ("loading", "not_loaded")]
@@ -74,7 +76,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         }
         return JSONResponse(body, status_code=503 if waiting else 200)
 
-    @router.get("/models")
+    @router.get("/models", dependencies=[Depends(current_principal)])
     def models() -> list[dict[str, Any]]:
         """The registry as clients need it: ids, classes, heads, versions, states."""
         status = runtime.manager.status()
@@ -95,33 +97,47 @@ def build_router(runtime: Runtime) -> APIRouter:
     def predict(
         request: Request,
         model_id: str,
+        principal: Analyst,
         file: Annotated[UploadFile | None, File(description="PNG, JPEG, BMP, TIFF, WebP or DICOM")] = None,
         explain: Annotated[bool, Query()] = False,
         explain_form: Annotated[bool | None, Form(alias="explain")] = None,
         opacity: Annotated[float, Query(ge=0.0, le=1.0)] = settings.heatmap_opacity,
     ) -> PredictResponse:
-        """Classify one image; ``explain=true`` adds a Grad-CAM overlay as base64 PNG."""
-        spec = runtime.registry[model_id]
-        if not spec.is_image_model:
-            raise InvalidInput(
-                f"{model_id} is not an image model; image models: {[s.id for s in runtime.registry.image_models()]}"
-            )
-        if file is None:
-            raise InvalidInput("send the image as a multipart form field named 'file'")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
-            raise ImageTooLarge(f"the upload is larger than the {settings.max_upload_mb:.0f} MB limit")
-        # Read at most limit+1 bytes: a lying or missing Content-Length cannot make us hold more.
-        data = file.file.read(settings.max_upload_bytes + 1)
-        want_cam = explain or bool(explain_form)
-        analyzer = runtime.analyzer
-        result = analyzer.analyze(model_id, data, filename=file.filename, explain=want_cam, need_pixels=False)
-        heatmap = None
-        if want_cam:
-            png = analyzer.heatmap_png(
-                result, data, filename=file.filename, opacity=opacity, colormap=settings.heatmap_colormap
-            )
-            heatmap = None if png is None else base64.b64encode(png).decode("ascii")
+        """Classify one image; ``explain=true`` adds a Grad-CAM overlay as base64 PNG. Every call
+        (also a rejected one) is written to the audit log with the input's SHA-256."""
+        entry = AuditEntry(
+            action="predict",
+            username=principal.username,
+            role=principal.role,
+            model_id=model_id[:64],
+            client_ip=client_ip(request),
+            request_id=current_request_id(),
+        )
+        data = b""
+        if file is not None:
+            # Read at most limit+1 bytes: a lying or missing Content-Length cannot make us hold more.
+            data = file.file.read(settings.max_upload_bytes + 1)
+        with auth.audit.track(entry, data if file is not None else None):
+            auth.service.check_analysis_rate(principal.username)
+            spec = runtime.registry[model_id]
+            entry.model_version = spec.version
+            if not spec.is_image_model:
+                image_ids = [s.id for s in runtime.registry.image_models()]
+                raise InvalidInput(f"{model_id} is not an image model; image models: {image_ids}")
+            if file is None:
+                raise InvalidInput("send the image as a multipart form field named 'file'")
+            if len(data) > settings.max_upload_bytes:
+                raise ImageTooLarge(f"the upload is larger than the {settings.max_upload_mb:.0f} MB limit")
+            want_cam = explain or bool(explain_form)
+            analyzer = runtime.analyzer
+            result = analyzer.analyze(model_id, data, filename=file.filename, explain=want_cam, need_pixels=False)
+            entry.result = result_summary(result.label, result.probabilities, result.cached)
+            heatmap = None
+            if want_cam:
+                png = analyzer.heatmap_png(
+                    result, data, filename=file.filename, opacity=opacity, colormap=settings.heatmap_colormap
+                )
+                heatmap = None if png is None else base64.b64encode(png).decode("ascii")
         return PredictResponse(
             model_id=spec.id,
             model_version=spec.version,

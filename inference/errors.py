@@ -18,6 +18,11 @@ class DoctorAIError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP response headers (``Retry-After``, ``WWW-Authenticate``)."""
+        return {}
+
 
 class InvalidInput(DoctorAIError):
     """The request itself is malformed (missing file, bad parameter)."""

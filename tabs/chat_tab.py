@@ -24,7 +24,7 @@ from inference.chat_text import Language, content_text
 from inference.errors import DoctorAIError
 from inference.manager import ModelState
 from inference.runtime import Runtime
-from tabs.common import user_errors
+from tabs.common import UiAuth, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,9 @@ def answer_stream(
     yield "", shown, status
 
 
-def build_chat_tab(runtime: Runtime, last_image: gr.State | None = None) -> None:
-    """The chat tab. ``last_image`` is the shared state the image tabs write their result into."""
+def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = None) -> None:
+    """The chat tab. ``last_image`` is the shared state the image tabs write their result into.
+    Every question is audited (SHA-256 of the text, not the text) and rate limited per user."""
     service = chat_service(runtime)
     concurrency = runtime.settings.chat_concurrency
 
@@ -139,18 +140,31 @@ def build_chat_tab(runtime: Runtime, last_image: gr.State | None = None) -> None
             return ""
         return f'<div class="doctorai-missing">\n\n### ⛔ Knowledge base not installed\n{help_text}\n\n</div>'
 
-    def respond(message: str, history: list[dict[str, Any]] | None) -> Iterator[tuple[str, Any, str]]:
-        yield from answer_stream(service, message, history)
+    def audited(request: gr.Request | None, message: str) -> Any:
+        return ui.audited(request, "chat", model_id="chat", data=str(message).encode("utf-8", "replace"))
 
-    def respond_image(history: list[dict[str, Any]] | None, image: ImageContext | None) -> Iterator[Any]:
+    def respond(
+        message: str, history: list[dict[str, Any]] | None, request: gr.Request
+    ) -> Iterator[tuple[str, Any, str]]:
+        with audited(request, message):
+            yield from answer_stream(service, message, history)
+
+    def respond_image(
+        history: list[dict[str, Any]] | None, image: ImageContext | None, request: gr.Request
+    ) -> Iterator[Any]:
         if image is None:
             raise gr.Error("Analyse an image in one of the image tabs first.")
-        yield from answer_stream(service, image.question(), history, image)
+        with audited(request, image.question()):
+            yield from answer_stream(service, image.question(), history, image)
 
-    def api_chat(message: str, history: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    def api_chat(
+        message: str, history: list[dict[str, str]] | None = None, request: gr.Request | None = None
+    ) -> dict[str, Any]:
         """Answer a health question; returns {response, sources, language, disclaimer, model_version, ...}."""
-        with user_errors():
+        with audited(request, message) as entry, user_errors():
             a = service.ask(message, history)
+            entry.model_version = a.model_version
+            entry.result = f"{a.mode}, {len(a.sources)} sources, {a.language}"
         return {
             "response": a.response,
             "sources": [{"title": s.title, "url": s.url, "score": s.score} for s in a.sources],

@@ -8,10 +8,11 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from auth.audit import result_summary
 from inference.registry import ModelSpec
 from inference.runtime import Runtime
 from inference.service import AnalysisResult
-from tabs.common import NOTICE_HTML, guarded, model_card_markdown
+from tabs.common import NOTICE_HTML, UiAuth, guarded, model_card_markdown
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
 
@@ -31,20 +32,41 @@ def _summary(result: AnalysisResult) -> str:
     )
 
 
-def build_image_tab(runtime: Runtime, spec: ModelSpec, last_result: gr.State | None = None) -> None:
+def read_upload(path: str, kept: tuple[str, bytes] | None) -> tuple[str, bytes]:
+    """The uploaded bytes. The temporary file is deleted once read (uploads are clinical data);
+    the bytes stay in the session's state so "Analyze" can be clicked again."""
+    file = Path(path)
+    if file.is_file():
+        data = file.read_bytes()
+        file.unlink(missing_ok=True)
+        return path, data
+    if kept is not None and kept[0] == path:
+        return kept
+    raise gr.Error("The uploaded file is gone (uploads are deleted after analysis); upload it again.")
+
+
+def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: gr.State | None = None) -> None:
     """One image model's tab; ``last_result`` (optional, shared by all tabs) receives each
     analysis as an ``ImageContext`` so the chat tab can ask about it."""
     settings = runtime.settings
     names = spec.class_names
 
-    def analyze(path: str | None, opacity: float, show_heatmap: bool) -> tuple[Any, ...]:
+    def analyze(
+        path: str | None,
+        opacity: float,
+        show_heatmap: bool,
+        kept: tuple[str, bytes] | None,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:
         if not path:
             raise gr.Error("Upload an image first (PNG, JPEG, BMP, TIFF, WebP or DICOM).")
-        data = Path(path).read_bytes()
-        result = runtime.analyzer.analyze(spec.id, data, filename=Path(path).name, explain=True)
+        path, data = read_upload(path, kept)
+        with ui.audited(request, "predict", model_id=spec.id, model_version=spec.version, data=data) as entry:
+            result = runtime.analyzer.analyze(spec.id, data, filename=Path(path).name, explain=True)
+            entry.result = result_summary(result.label, result.probabilities, result.cached)
         label = {names[c]: p for c, p in result.probabilities.items()}
         view = _render(result, opacity, show_heatmap)
-        return label, view, _summary(result), result
+        return label, view, _summary(result), result, (path, data)
 
     def rerender(result: AnalysisResult | None, opacity: float, show_heatmap: bool) -> np.ndarray | None:
         return None if result is None else _render(result, opacity, show_heatmap)
@@ -92,10 +114,11 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, last_result: gr.State | N
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card_markdown(spec))
         state = gr.State(None)
+        kept = gr.State(None)  # (upload path, bytes) of the last analysed upload
         analysed = button.click(
             guarded(analyze),
-            inputs=[upload, opacity, show],
-            outputs=[label, view, info, state],
+            inputs=[upload, opacity, show, kept],
+            outputs=[label, view, info, state, kept],
             api_name=f"predict_{spec.id}",
             concurrency_limit=None,
         )

@@ -26,6 +26,9 @@ from settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY = 32
+ADMIN_PASSWORD = "test-admin-password"
+# bcrypt cost 4 keeps the many logins of the suite fast; production defaults to 12.
+AUTH_ENV = {"DOCTORAI_ADMIN_PASSWORD": ADMIN_PASSWORD, "DOCTORAI_BCRYPT_ROUNDS": "4"}
 
 
 def build_flat(n_out: int, activation: str, size: int = TINY, seed: int = 0) -> Any:
@@ -113,6 +116,8 @@ def settings(tmp_path: Path, tiny_model_dir: Path, tiny_registry_file: Path) -> 
         device="cpu",
         max_upload_mb=2.0,
         max_pixels=4_000_000,
+        admin_password=ADMIN_PASSWORD,
+        bcrypt_rounds=4,
     )
 
 
@@ -129,14 +134,37 @@ def image_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+def login(client: Any, username: str = "admin", password: str = ADMIN_PASSWORD) -> dict[str, str]:
+    """``Authorization`` header for ``username`` from ``POST /api/token`` (TestClient or httpx.Client)."""
+    r = client.post("/api/token", data={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def token_headers(url: str, username: str = "admin", password: str = ADMIN_PASSWORD) -> dict[str, str]:
+    """``Authorization`` header for a live server at ``url``."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as c:
+        return login(c, username, password)
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[Any]:
+def anon_client(settings: Settings) -> Iterator[Any]:
+    """The app in-process, with no credentials."""
     from fastapi.testclient import TestClient
 
     from app import create_app
 
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture
+def client(anon_client: Any) -> Any:
+    """The app in-process, signed in as the first-run admin (every request sends the token)."""
+    anon_client.headers.update(login(anon_client))
+    return anon_client
 
 
 def free_port() -> int:
@@ -158,6 +186,7 @@ def run_app(data: Path, **env: str) -> Iterator[str]:
 
     port = free_port()
     full = {**os.environ, "DOCTORAI_PORT": str(port), "DOCTORAI_HOST": "127.0.0.1", "DOCTORAI_DATA_DIR": str(data)}
+    full.update(AUTH_ENV)
     full.update(env)
     log = (data / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT)

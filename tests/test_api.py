@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, login
 
 
 def post(client: Any, model: str, data: bytes, name: str = "x.png", **params: Any) -> Any:
@@ -194,6 +194,7 @@ def test_ready_is_503_while_preloading_then_200(settings: Any) -> None:
 
     settings.preload = ["tumor", "absent"]
     with TestClient(create_app(settings)) as c:
+        c.headers.update(login(c))
         first = c.get("/api/ready")
         assert first.status_code == 503
         assert first.json()["models"]["tumor"]["state"] == "loading"

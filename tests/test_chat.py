@@ -20,7 +20,7 @@ from inference.chat_service import ImageContext
 from inference.kb import KnowledgeBase
 from inference.registry import ModelSpec
 from settings import Settings
-from tests.conftest import chat_spec_dict
+from tests.conftest import chat_spec_dict, login, token_headers
 
 # ByT5 ids are byte + 3: keep only space, "a" and "b" (and </s>) so the streamer, which emits text
 # up to the last space, gets many pieces; no_repeat_ngram_size would dead-end such a tiny alphabet.
@@ -363,6 +363,7 @@ def test_rest_chat_without_a_knowledge_base_says_how_to_build_one(tmp_path: Path
 
     bare = settings.model_copy(update={"kb_dir": tmp_path / "no-kb", "kb_source": None})
     with TestClient(create_app(bare)) as c:
+        c.headers.update(login(c))
         st = c.get("/api/ready").json()["models"]["chat"]
         assert st["state"] == "not_installed"
         assert "python -m inference.kb build" in st["detail"]
@@ -376,7 +377,8 @@ def test_gradio_client_chat_round_trip(chat_live_server: str) -> None:
     import httpx
     from gradio_client import Client
 
-    client = Client(chat_live_server, verbose=False)
+    headers = token_headers(chat_live_server)
+    client = Client(chat_live_server, verbose=False, headers=headers)
     out = client.predict(EN_Q, api_name="/chat")  # builds the index on first use (DOCTORAI_KB_SOURCE)
     assert out["language"] == "en"
     assert out["sources"][0]["url"] == "https://example.org/glaucoma/symptoms"
@@ -384,5 +386,5 @@ def test_gradio_client_chat_round_trip(chat_live_server: str) -> None:
     assert "**Glaucoma**" in out["response"]
     with pytest.raises(Exception, match="empty"):
         client.predict("   ", api_name="/chat")
-    models = httpx.get(f"{chat_live_server}/api/ready", timeout=10).json()["models"]
+    models = httpx.get(f"{chat_live_server}/api/ready", timeout=10, headers=headers).json()["models"]
     assert models["chat"]["state"] == "ready"

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, token_headers
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def png_file(tmp_path: Path) -> Path:
 def test_gradio_client_round_trip(live_server: str, png_file: Path) -> None:
     from gradio_client import Client, handle_file
 
-    client = Client(live_server, verbose=False)
+    client = Client(live_server, verbose=False, headers=token_headers(live_server))
     label, heatmap, info = client.predict(handle_file(str(png_file)), 0.5, True, api_name="/predict_tumor")
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert set(confidences) == {"Glioma", "Meningioma", "Notumor", "Pituitary"}
@@ -45,14 +45,18 @@ def test_gradio_client_gets_the_typed_error_message(live_server: str, tmp_path: 
 
     bad = tmp_path / "notes.png"
     bad.write_text("not an image at all")
-    client = Client(live_server, verbose=False)
+    client = Client(live_server, verbose=False, headers=token_headers(live_server))
     with pytest.raises(Exception, match="PNG, JPEG, BMP, TIFF, WebP or DICOM"):
         client.predict(handle_file(str(bad)), 0.5, True, api_name="/predict_tumor")
 
 
 def test_rest_over_http(live_server: str, png_file: Path) -> None:
     r = httpx.post(
-        f"{live_server}/api/predict/xray", files={"file": png_file.open("rb")}, params={"explain": "true"}, timeout=60
+        f"{live_server}/api/predict/xray",
+        files={"file": png_file.open("rb")},
+        params={"explain": "true"},
+        timeout=60,
+        headers=token_headers(live_server),
     )
     assert r.status_code == 200
     assert r.json()["heatmap_png_base64"].startswith("iVBOR")  # base64 of the PNG signature

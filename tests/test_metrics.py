@@ -8,7 +8,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from settings import Settings
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, login
 
 
 def scrape(client: Any, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -84,11 +84,17 @@ def test_scrape_token_is_enforced(settings: Settings) -> None:
         )
 
 
-def test_metrics_are_off_in_production_without_a_token(settings: Settings) -> None:
+def test_metrics_need_the_scrape_token_or_an_admin(settings: Settings) -> None:
     from fastapi.testclient import TestClient
 
     from app import create_app
 
-    prod = settings.model_copy(update={"env": "production", "secret_key": "a-real-secret"})
+    prod = settings.model_copy(update={"env": "production", "secret_key": "x" * 40})
     with TestClient(create_app(prod)) as c:
-        assert c.get("/metrics").status_code == 404
+        assert c.get("/metrics").status_code == 401  # anonymous
+        admin = login(c)
+        c.post(
+            "/api/users", json={"username": "dr-who", "password": "clinician-pw-1", "role": "clinician"}, headers=admin
+        )
+        assert c.get("/metrics", headers=login(c, "dr-who", "clinician-pw-1")).status_code == 403
+        assert "doctorai_http_requests_total" in c.get("/metrics", headers=admin).text
