@@ -24,7 +24,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import build_densenet, pct, start_doctorai, stop, timed, wait_http, write_registry
+from bench.common import (
+    auth_headers,
+    build_densenet,
+    pct,
+    start_doctorai,
+    stop,
+    timed,
+    wait_http,
+    write_registry,
+)
 
 log = logging.getLogger("bench")
 
@@ -74,7 +83,8 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{args.port}/api/ready", 300)
         url = f"http://127.0.0.1:{args.port}"
         data = png.read_bytes()
-        with httpx.Client(timeout=120) as client:
+        headers = auth_headers(url)
+        with httpx.Client(timeout=120, headers=headers) as client:
 
             def rest() -> None:
                 r = client.post(f"{url}/api/predict/bench", files={"file": ("x.png", data)}, params={"explain": "true"})
@@ -83,7 +93,7 @@ def main() -> None:
             rest_t = timed(rest, n)
         from gradio_client import Client, handle_file
 
-        gc = Client(url, verbose=False)
+        gc = Client(url, verbose=False, headers=headers)
         grad_t = timed(lambda: gc.predict(handle_file(str(png)), 0.45, True, api_name="/predict_bench"), n)
     finally:
         stop(proc)

@@ -36,7 +36,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
+    PROBE_TOKEN,
     REPO,
+    auth_headers,
     build_densenet,
     pct,
     rss_mb,
@@ -72,7 +74,9 @@ async def throughput(url: str, clients: int, per_client: int, size: int, seed0: 
     distinct images one after another (bounded: clients * per_client requests in all)."""
     import httpx
 
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as client:
+    async with httpx.AsyncClient(
+        timeout=300, limits=httpx.Limits(max_connections=clients), headers=auth_headers(url)
+    ) as client:
 
         async def one(c: int) -> None:
             for k in range(per_client):
@@ -91,7 +95,7 @@ def rest_latencies(url: str, images: list[bytes]) -> list[float]:
     import httpx
 
     out = []
-    with httpx.Client(timeout=300) as client:
+    with httpx.Client(timeout=300, headers=auth_headers(url)) as client:
         for data in images:
             t = time.perf_counter()
             r = client.post(f"{url}/api/predict/bench", files={"file": ("x.png", data)}, params={"explain": "true"})
@@ -103,7 +107,7 @@ def rest_latencies(url: str, images: list[bytes]) -> list[float]:
 def gradio_latencies(url: str, paths: list[Path], api_name: str, extra: tuple[Any, ...]) -> list[float]:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, headers=auth_headers(url))
     out = []
     for p in paths:
         t = time.perf_counter()
@@ -118,7 +122,7 @@ def gradio_http_latencies(url: str, paths: list[Path], api_name: str, extra: tup
     import httpx
 
     out = []
-    with httpx.Client(timeout=300) as client:
+    with httpx.Client(timeout=300, headers=auth_headers(url)) as client:
         for p in paths:
             t = time.perf_counter()
             up = client.post(f"{url}/gradio_api/upload", files={"files": (p.name, p.read_bytes())})
@@ -285,7 +289,9 @@ def serve_and_measure(
             wait_http(f"http://127.0.0.1:{port_on + 3}/api/ready", 900)
             import httpx
 
-            states = httpx.get(f"http://127.0.0.1:{port_on + 3}/api/ready").json()["models"]
+            states = httpx.get(
+                f"http://127.0.0.1:{port_on + 3}/api/ready", headers={"Authorization": f"Bearer {PROBE_TOKEN}"}
+            ).json()["models"]
             res["real_models_loaded"] = [m for m, s in states.items() if s["state"] == "ready"]
             res["rss_all_real_models_mb"] = rss_mb(proc.pid)
         finally:

@@ -61,12 +61,35 @@ def write_registry(path: Path, size: int, n_classes: int = 5) -> None:
     path.write_text(yaml.safe_dump({"models": [spec]}))
 
 
+# The benchmarked DoctorAI servers run with these credentials (the app is locked by default):
+# the probe token reads /api/ready like a Kubernetes probe; analyses use the admin's JWT.
+BENCH_PASSWORD = "bench-admin-password"
+PROBE_TOKEN = "bench-probe-token"
+AUTH_ENV = {
+    "DOCTORAI_ADMIN_PASSWORD": BENCH_PASSWORD,
+    "DOCTORAI_METRICS_TOKEN": PROBE_TOKEN,
+    "DOCTORAI_ANALYSES_PER_MINUTE": "0",  # the load generator is one user
+}
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """``Authorization`` header of the benchmark admin on a DoctorAI server at ``url``."""
+    import httpx
+
+    r = httpx.post(f"{url}/api/token", data={"username": "admin", "password": BENCH_PASSWORD}, timeout=60)
+    if r.status_code in (404, 405):  # the naive baseline app has no login
+        return {}
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
 def wait_http(url: str, timeout_s: float, ok: tuple[int, ...] = (200,)) -> float:
     """Seconds until ``url`` answers one of ``ok``; raises after ``timeout_s``."""
     t0 = time.perf_counter()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {PROBE_TOKEN}"})
     while time.perf_counter() - t0 < timeout_s:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 if r.status in ok:
                     return time.perf_counter() - t0
         except OSError:
@@ -84,6 +107,7 @@ def start_doctorai(
         "DOCTORAI_DATA_DIR": str(work / f"data-{port}"),
         "DOCTORAI_MODEL_DIR": str(model_dir),
         **({"DOCTORAI_REGISTRY_FILE": str(registry)} if registry else {}),
+        **AUTH_ENV,
         **env,
     }
     log = (work / f"server-{port}.log").open("w")
