@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test lint typecheck install install-dev browser-deps bench clean
+.PHONY: run test lint typecheck install install-dev browser-deps services-deps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ typecheck: install-dev
 ## Debian's Chromium for the browser tests (Playwright drives it via executable_path).
 browser-deps:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+## Redis, PostgreSQL and Prometheus for the scale-out tests (they start their own instances).
+services-deps:
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server postgresql prometheus
 
 bench: install-dev
 	$(BIN)/python bench/bench_inference.py

@@ -21,9 +21,7 @@ DEFAULT_SECRET = "change-me"  # noqa: S105 - a sentinel that production refuses,
 class Settings(BaseSettings):
     """Runtime configuration. Defaults run a self-contained single process."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DOCTORAI_", env_file=".env", extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="DOCTORAI_", env_file=".env", extra="ignore", populate_by_name=True)
 
     env: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"
@@ -79,7 +77,8 @@ class Settings(BaseSettings):
         "openid profile", validation_alias=AliasChoices("DOCTORAI_HF_OAUTH_SCOPES", "OAUTH_SCOPES")
     )
     hf_openid_provider_url: str = Field(
-        "https://huggingface.co", validation_alias=AliasChoices("DOCTORAI_HF_OPENID_PROVIDER_URL", "OPENID_PROVIDER_URL")
+        "https://huggingface.co",
+        validation_alias=AliasChoices("DOCTORAI_HF_OPENID_PROVIDER_URL", "OPENID_PROVIDER_URL"),
     )
     space_host: str | None = Field(None, validation_alias=AliasChoices("DOCTORAI_SPACE_HOST", "SPACE_HOST"))
 
@@ -91,6 +90,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     cache_size_mb: int = Field(512, ge=1)
     cache_ttl_s: int = Field(3600, ge=0, description="0 = keep until evicted by size")
+    redis_url: str | None = Field(None, description="redis://host:6379/0: prediction cache shared by replicas")
 
     max_upload_mb: float = Field(32.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")

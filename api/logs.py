@@ -78,6 +78,7 @@ def install_request_ids(app: FastAPI) -> None:
     async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         sent = request.headers.get("x-request-id", "")
         rid = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
+        request.state.request_id = rid
         token = REQUEST_ID.set(rid)
         try:
             response = await call_next(request)

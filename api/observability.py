@@ -9,7 +9,9 @@ workers set ``PROMETHEUS_MULTIPROC_DIR`` and the registry aggregates every worke
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -22,12 +24,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from inference.runtime import Runtime
 from inference.service import AnalysisResult
+
+log = logging.getLogger(__name__)
+_CONVERTER = re.compile(r":\w+}")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Stages reported by the analyzer (ms) -> one histogram series per model and stage.
@@ -39,7 +45,11 @@ class Metrics:
 
     def __init__(self, runtime: Runtime) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        # With several workers each metric writes to files in PROMETHEUS_MULTIPROC_DIR and the scrape
+        # registry reads them all (MultiProcessCollector); registering the metric objects there as
+        # well would report this worker's share twice. So they go to a registry nobody scrapes.
+        r = CollectorRegistry() if multiprocess else self.registry
         self.requests = Counter(
             "doctorai_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
         )
@@ -50,7 +60,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("doctorai_http_requests_in_flight", "requests being served", registry=r)
+        self.in_flight = Gauge(
+            "doctorai_http_requests_in_flight", "requests being served", registry=r, multiprocess_mode="livesum"
+        )
         self.inference_seconds = Histogram(
             "doctorai_inference_stage_seconds",
             "analysis latency per model and stage",
@@ -62,9 +74,9 @@ class Metrics:
             "doctorai_analyses_total", "finished analyses", ["model", "version", "cached"], registry=r
         )
         self.cache_events = Counter("doctorai_cache_events_total", "prediction cache lookups", ["result"], registry=r)
-        r.register(_RuntimeCollector(runtime))
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            MultiProcessCollector(r)
+        self.registry.register(_RuntimeCollector(runtime))  # this worker's models, cache, RSS
+        if multiprocess:
+            MultiProcessCollector(self.registry)
 
     def observe(self, result: AnalysisResult) -> None:
         model = result.model_id
@@ -82,7 +94,7 @@ class _RuntimeCollector(Collector):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         status = self.runtime.manager.status()
         loaded = GaugeMetricFamily("doctorai_model_loaded", "1 when the model is loaded", labels=["model", "version"])
         load_s = GaugeMetricFamily("doctorai_model_load_seconds", "time the last load took", labels=["model"])
@@ -94,11 +106,55 @@ class _RuntimeCollector(Collector):
         yield load_s
         cache = self.runtime.cache.stats()
         yield GaugeMetricFamily(
-            "doctorai_cache_entries", "entries in the prediction cache", value=cache.get("entries", 0)
+            "doctorai_cache_entries", "entries in the prediction cache (disk backend)", value=cache.get("entries", 0)
         )
+        up = GaugeMetricFamily(
+            "doctorai_cache_backend_up", "1 while the cache backend answers, 0 while it is bypassed", labels=["backend"]
+        )
+        up.add_metric([cache["backend"]], 1.0 if cache["healthy"] else 0.0)
+        yield up
+        errors = CounterMetricFamily(
+            "doctorai_cache_backend_errors",
+            "failed cache reads/writes (the request went on without the cache)",
+            labels=["backend"],
+        )
+        errors.add_metric([cache["backend"]], float(cache["errors"]))
+        yield errors
         rss = GaugeMetricFamily("doctorai_process_resident_memory_bytes", "resident memory of this process")
         rss.add_metric([], float(_rss_bytes()))
         yield rss
+        gpu = _gpu_memory()
+        if gpu:
+            g = GaugeMetricFamily(
+                "doctorai_gpu_memory_bytes", "GPU memory in use by this process", labels=["device", "framework"]
+            )
+            for (device, framework), used in gpu.items():
+                g.add_metric([device, framework], float(used))
+            yield g
+
+
+def _gpu_memory() -> dict[tuple[str, str], int]:
+    """GPU memory in use, per device and framework, for frameworks this process has loaded
+    already (a scrape must never be what imports TensorFlow or torch)."""
+    import sys
+
+    out: dict[tuple[str, str], int] = {}
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        try:
+            for i, _ in enumerate(tf.config.list_logical_devices("GPU")):
+                out[(f"GPU:{i}", "tensorflow")] = int(tf.config.experimental.get_memory_info(f"GPU:{i}")["current"])
+        except Exception:  # no GPU runtime, or TF not initialised yet
+            log.debug("no TensorFlow GPU memory figures", exc_info=True)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                for i in range(torch.cuda.device_count()):
+                    out[(f"cuda:{i}", "torch")] = int(torch.cuda.memory_allocated(i))
+        except Exception:
+            log.debug("no torch GPU memory figures", exc_info=True)
+    return out
 
 
 def _rss_bytes() -> int:
@@ -128,6 +184,7 @@ def install_metrics(app: FastAPI, runtime: Runtime) -> Metrics:
             metrics.in_flight.dec()
             route = request.scope.get("route")
             template = getattr(route, "path", None) or ("/gradio" if request.url.path != "/" else "/")
+            template = _CONVERTER.sub("}", template)  # "/api/predict/{model_id:path}" -> "{model_id}"
             metrics.requests.labels(request.method, template, str(status)).inc()
             metrics.request_seconds.labels(request.method, template).observe(time.perf_counter() - start)
 

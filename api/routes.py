@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import threading
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -36,6 +40,28 @@ class PredictResponse(BaseModel):
     notice: str = RESEARCH_NOTICE
 
 
+class _DependencyChecks:
+    """Database and cache reachability, re-checked at most every ``ttl_s`` so that probes and
+    load balancers polling /api/health cannot hammer a struggling database."""
+
+    def __init__(self, auth: AuthContext, runtime: Runtime, ttl_s: float = 2.0) -> None:
+        self.auth, self.runtime, self.ttl_s = auth, runtime, ttl_s
+        self._at = 0.0
+        self._last: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def run(self) -> dict[str, str]:
+        with self._lock:
+            if time.monotonic() - self._at < self.ttl_s and self._last:
+                return self._last
+            self._last = {
+                "database": "ok" if self.auth.db.ping() else "down",
+                "cache": "ok" if self.runtime.cache.ping() else "down",
+            }
+            self._at = time.monotonic()
+            return self._last
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Typed domain errors -> their HTTP status with the user-facing message; anything
     unexpected -> a plain 500 without a stack trace (the trace goes to the log)."""
@@ -48,20 +74,43 @@ def install_error_handlers(app: FastAPI) -> None:
         body = {"detail": exc.message, "error": type(exc).__name__, "request_id": current_request_id()}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default is a list of pydantic errors; users get one sentence per problem,
+        # in the same shape as every other error.
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        detail = "invalid request: " + "; ".join(problems) + " (see /docs for the expected fields)"
+        body = {"detail": detail, "error": "InvalidRequest", "request_id": _request_id(request)}
+        return JSONResponse(body, status_code=422)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error", "request_id": current_request_id()}, status_code=500)
+        return JSONResponse({"detail": "internal error", "request_id": _request_id(request)}, status_code=500)
+
+
+def _request_id(request: Request) -> str | None:
+    # A 500 is answered outside the request-id middleware (whose context has ended by then), so
+    # the id is also kept on the request state.
+    return current_request_id() or getattr(request.state, "request_id", None)
 
 
 def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["api"])
     settings = runtime.settings
 
+    checks = _DependencyChecks(auth, runtime)
+
     @router.get("/health")
-    def health() -> dict[str, str]:
-        """Liveness: the process answers. Never touches a model."""
-        return {"status": "ok", "version": APP_VERSION}
+    def health() -> dict[str, Any]:
+        """Liveness: the process answers (always 200; never touches a model). ``status`` is
+        ``degraded`` while the account database or the cache backend does not answer."""
+        deps = checks.run()
+        status = "ok" if all(v == "ok" for v in deps.values()) else "degraded"
+        return {"status": status, "version": APP_VERSION, "dependencies": deps}
 
     @router.get("/ready")
     def ready() -> JSONResponse:  # callers: any user, or probes with DOCTORAI_METRICS_TOKEN
@@ -93,7 +142,9 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
             for s in runtime.registry
         ]
 
-    @router.post("/predict/{model_id}", response_model=PredictResponse)
+    # ``:path`` so that an id with (encoded) slashes, e.g. ``..%2F..%2Fetc``, reaches the route: it gets
+    # the 404 that lists the known ids and an audit row, instead of a bare "Not Found".
+    @router.post("/predict/{model_id:path}", response_model=PredictResponse)
     def predict(
         request: Request,
         model_id: str,
@@ -114,10 +165,19 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
             request_id=current_request_id(),
         )
         data = b""
+        audited: bytes | None = None  # what the audit hashes (and keeps, with DOCTORAI_AUDIT_KEEP_INPUTS)
         if file is not None:
             # Read at most limit+1 bytes: a lying or missing Content-Length cannot make us hold more.
-            data = file.file.read(settings.max_upload_bytes + 1)
-        with auth.audit.track(entry, data if file is not None else None):
+            data = audited = file.file.read(settings.max_upload_bytes + 1)
+            if len(data) > settings.max_upload_bytes:
+                # Refused below; the audit still gets the SHA-256 of the whole upload, not of its first
+                # limit+1 bytes. The rest (within the body limit's multipart allowance) is already
+                # spooled and is hashed a chunk at a time; a refused upload is never kept.
+                digest = hashlib.sha256(data)
+                while chunk := file.file.read(1 << 20):
+                    digest.update(chunk)
+                entry.input_sha256, audited = digest.hexdigest(), None
+        with auth.audit.track(entry, audited):
             auth.service.check_analysis_rate(principal.username)
             spec = runtime.registry[model_id]
             entry.model_version = spec.version

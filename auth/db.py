@@ -119,6 +119,8 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 15}
         else:
             kwargs["pool_timeout"] = 5
+            if url.startswith("postgresql"):
+                kwargs["connect_args"] = {"connect_timeout": 3}  # a down database fails fast (503)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -183,13 +185,33 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade(db: Database) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision. Serialised across processes (uvicorn
+    workers, replicas starting together): a file lock for SQLite, an advisory lock for PostgreSQL."""
     from alembic import command
+    from sqlalchemy import text
 
     cfg = alembic_config(db.url)
-    with db.engine.begin() as conn:
+    with _sqlite_file_lock(db.url), db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(72700101)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(url.removeprefix("sqlite:///") + ".migrate.lock")
+    with lock_path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def open_database(url: str, migrate: bool = True) -> Database:

@@ -321,6 +321,9 @@ class HardeningMiddleware:
                     (b"cross-origin-opener-policy", b"same-origin"),
                     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
                 ]
+                if ctype.startswith(b"text/html"):
+                    # signed-in pages stay out of the HTTP cache: "Back" after logout asks the server
+                    extra.append((b"cache-control", b"no-store"))
                 if https:
                     extra.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
                 if origin and origin in self.cors:

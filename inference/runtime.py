@@ -62,6 +62,7 @@ def build_runtime(settings: Settings, registry: Registry | None = None) -> Runti
         settings.resolved_cache_dir if settings.cache_enabled else None,
         size_limit_bytes=settings.cache_size_mb * 2**20,
         ttl_s=settings.cache_ttl_s,
+        redis_url=settings.redis_url,
     )
     analyzer = Analyzer(
         manager,

@@ -18,7 +18,9 @@ from auth.service import Permission
 from inference.runtime import Runtime
 from tabs.common import UiAuth
 
-_SHOWN = [c for c in COLUMNS if c not in ("id", "detail")] + ["detail"]
+# What an admin scans first (who, what, outcome) on the left; long hashes and ids to the right.
+_FIRST = ("ts", "username", "role", "action", "model_id", "model_version", "outcome", "result", "latency_ms")
+_SHOWN = [*_FIRST, *(c for c in COLUMNS if c not in (*_FIRST, "id", "detail")), "detail"]
 
 
 def build_admin_tab(runtime: Runtime, ui: UiAuth) -> gr.Tab:

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.browser_utils import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, keep_screenshot
-from tests.conftest import image_bytes
+from tests.browser_utils import (
+    BROWSER_MARKS,
+    CHROMIUM,
+    LAUNCH_ARGS,
+    csp_violations,
+    keep_screenshot,
+    login,
+    watch_console,
+)
+from tests.conftest import ADMIN_PASSWORD, image_bytes
 
 pytestmark = BROWSER_MARKS
 
@@ -28,7 +36,8 @@ def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Pa
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(live_server, wait_until="load")
+        console = watch_console(page)
+        login(page, live_server, "admin", ADMIN_PASSWORD)
         expect(page.get_by_text("Research use only, not a diagnosis.").first).to_be_visible()
         page.get_by_role("tab", name="Tumor").click()
         page.locator("#upload-tumor input[type=file]").set_input_files(str(upload))
@@ -48,5 +57,6 @@ def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Pa
         expect(page.get_by_text("Model not installed").first).to_be_visible()
         expect(page.get_by_text("put absent.keras in").first).to_be_visible()
         browser.close()
+    assert not csp_violations(console), csp_violations(console)  # the CSP lets the UI work
     assert shot.stat().st_size > 10_000
     keep_screenshot(shot)

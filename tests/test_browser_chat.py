@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.browser_utils import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, keep_screenshot
-from tests.conftest import image_bytes
+from tests.browser_utils import (
+    BROWSER_MARKS,
+    CHROMIUM,
+    LAUNCH_ARGS,
+    csp_violations,
+    keep_screenshot,
+    login,
+    watch_console,
+)
+from tests.conftest import ADMIN_PASSWORD, image_bytes
 
 pytestmark = BROWSER_MARKS
 
@@ -30,7 +38,8 @@ def test_ask_a_question_and_see_the_answer_with_sources(chat_live_server: str, t
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1300})
-        page.goto(chat_live_server, wait_until="load")
+        console = watch_console(page)
+        login(page, chat_live_server, "admin", ADMIN_PASSWORD)
         page.get_by_role("tab", name="Medical chat").click()
         expect(page.locator("#chat-notice")).to_contain_text("Not medical advice")
         expect(page.get_by_text("Knowledge base not installed")).to_have_count(0)  # a corpus is configured
@@ -71,6 +80,7 @@ def test_ask_a_question_and_see_the_answer_with_sources(chat_live_server: str, t
         expect(bot.locator(".message").last).to_contain_text("About your image result", timeout=30_000)
         page.screenshot(path=str(tmp_path / "ui_chat_image_question.png"), full_page=True)
         browser.close()
+    assert not csp_violations(console), csp_violations(console)  # the CSP lets the UI work
     assert shot.stat().st_size > 10_000
     keep_screenshot(shot)
     keep_screenshot(tmp_path / "ui_chat_image_question.png")
