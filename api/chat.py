@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -17,15 +16,6 @@ from inference.chat_service import chat_service
 from inference.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-# JSON may carry unpaired UTF-16 surrogates ("\ud83d", e.g. from a client that cut an emoji in
-# half). They cannot be encoded as UTF-8: the embedder's tokenizer raised TypeError (a 500). As
-# U+FFFD they are the stray junk that the message rules tolerate in small amounts.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _scrub(text: str) -> str:
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 class ChatTurnIn(BaseModel):
@@ -81,8 +71,7 @@ def build_chat_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
         )
         with auth.audit.track(entry, body.message.encode("utf-8", "replace")):
             auth.service.check_analysis_rate(principal.username)
-            history = [{**t.model_dump(), "content": _scrub(t.content)} for t in body.history or []]
-            answer = service.ask(_scrub(body.message), history)
+            answer = service.ask(body.message, [t.model_dump() for t in body.history or []])
             entry.model_version = answer.model_version
             entry.result = f"{answer.mode}, {len(answer.sources)} sources, {answer.language}"
         return ChatResponse(

@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "doctorai_session"
 CSRF_COOKIE = "doctorai_csrf"
-PUBLIC_PATHS = frozenset({"/login", "/logout", "/api/health", "/api/token", "/api/token/refresh"})
+PUBLIC_PATHS = frozenset(
+    {"/login", "/logout", "/api/health", "/api/token", "/api/token/refresh", "/favicon.ico"}  # browsers ask for it
+)
 PUBLIC_PREFIXES = ("/login/sso/", "/auth/callback/")
 # Reachable with the scrape/probe token (DOCTORAI_METRICS_TOKEN) instead of a user.
 PROBE_PATHS = frozenset({"/metrics", "/api/ready"})

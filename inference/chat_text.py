@@ -65,6 +65,9 @@ def clean_message(text: object, max_chars: int, *, what: str = "message") -> str
     junk = sum(1 for c in text if c == "\ufffd" or unicodedata.category(c) in ("Co", "Cn", "Cs"))
     if junk and (junk >= 8 or junk / len(text) > 0.05):
         raise InvalidInput(f"the {what} looks like binary data, not text; send plain text")
+    # A few unpaired UTF-16 surrogates (a client cut an emoji in half) are tolerated above; as
+    # U+FFFD they can be encoded, where the raw surrogate would crash the tokenizer (a 500).
+    text = re.sub("[\ud800-\udfff]", "\ufffd", text)
     controls = sorted({c for c in text if unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROLS})
     if controls:
         listed = ", ".join(f"U+{ord(c):04X}" for c in controls[:3])

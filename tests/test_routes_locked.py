@@ -13,7 +13,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from starlette.routing import Mount, Route, WebSocketRoute
 
-PUBLIC = {"/login", "/logout", "/api/health", "/api/token", "/api/token/refresh"}
+PUBLIC = {"/login", "/logout", "/api/health", "/api/token", "/api/token/refresh", "/favicon.ico"}
 
 
 def concrete(path: str) -> str:
@@ -80,5 +80,5 @@ def test_every_route_refuses_anonymous_requests(anon_client: TestClient) -> None
 
 
 def test_unknown_paths_are_refused_too(anon_client: TestClient) -> None:
-    for path in ("/nope", "/gradio_api/nope", "/static/../../etc/passwd", "/assets/index.js", "/favicon.ico"):
+    for path in ("/nope", "/gradio_api/nope", "/static/../../etc/passwd", "/assets/index.js", "/theme.css"):
         assert anon_client.get(path, headers={"accept": "application/json"}).status_code == 401, path
