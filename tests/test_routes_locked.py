@@ -51,7 +51,7 @@ def test_every_route_refuses_anonymous_requests(anon_client: TestClient) -> None
         "/gradio_api/upload",
         "/gradio_api/queue/join",
         "/gradio_api/info",
-        "/api/predict/{model_id}",
+        "/api/predict/{model_id:path}",
     ):
         assert expected in paths, expected
     assert any(p.startswith("/gradio_api/file=") or p.startswith("/file=") for p in paths)
