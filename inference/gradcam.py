@@ -166,6 +166,12 @@ class FusedExplainer:
         hook.tape = None
         grads = tape.gradient(score, feats)
         weights = self._weights_fn(feats, grads)
+        # Standard Grad-CAM: ReLU(sum_k w_k A_k), divided by the per-image peak. No min-max
+        # rescaling and no offset, so cells without evidence for the class stay exactly 0.
+        # When the explained layer feeds GAP -> Dense (compact_resnet, small_cnn) the gradient
+        # is constant over space and this is exactly CAM: each cell's value is that cell's
+        # own share of the explained score, so heat on the background is the model's own
+        # evidence there, not an artefact of the explanation.
         cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", feats, weights))
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         cam = tf.math.divide_no_nan(cam, peak)

@@ -123,3 +123,82 @@ def test_repeated_explanations_do_not_leak() -> None:
     for _ in range(100):
         ex.forward_explain(x)
     assert _rss_mb() - before < 30
+
+
+def _evidence_model() -> Any:
+    """A hand-set model whose only evidence for class 0 is red and for class 1 is green.
+
+    A 1x1 conv copies the red and green channels into two feature maps (``feat``), then
+    GAP and a dense layer score class 0 as red - green and class 1 as green - red. The
+    Grad-CAM of the winning class is therefore known in closed form: positive exactly on
+    the pixels of its colour, zero everywhere else (background and counter-evidence)."""
+    import keras
+
+    inp = keras.Input((TINY, TINY, 3), name="image")
+    feat = keras.layers.Conv2D(2, 1, use_bias=False, activation="relu", name="feat")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(feat)
+    out = keras.layers.Dense(2, activation="softmax", name="head")(x)
+    model = keras.Model(inp, out)
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
+    model.get_layer("feat").set_weights([kernel])
+    model.get_layer("head").set_weights([np.array([[8.0, -8.0], [-8.0, 8.0]], np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+def test_cam_is_zero_where_class_evidence_is_absent_and_has_no_floor() -> None:
+    x = np.zeros((2, TINY, TINY, 3), np.float32)
+    x[0, 4:12, 4:12, 0] = 1.0  # image 0: strong red (class 0), weak green elsewhere
+    x[0, 20:24, 20:24, 1] = 0.5
+    x[1, 16:28, 2:10, 1] = 1.0  # image 1: green only (class 1)
+    probs, cams = explainer(_evidence_model()).forward_explain(x)
+    assert probs.argmax(1).tolist() == [0, 1]
+    red = np.zeros((TINY, TINY), bool)
+    red[4:12, 4:12] = True
+    green = np.zeros((TINY, TINY), bool)
+    green[16:28, 2:10] = True
+    # Standard Grad-CAM: ReLU(sum_k w_k A_k) divided by its peak. No offset anywhere: the
+    # background and the counter-evidence (image 0's green patch) are exactly zero.
+    np.testing.assert_allclose(cams[0][red], 1.0, atol=1e-5)
+    assert (cams[0][~red] == 0).all()
+    np.testing.assert_allclose(cams[1][green], 1.0, atol=1e-5)
+    assert (cams[1][~green] == 0).all()
+    # Batch-safe: each image gets the map of its own predicted class, as if run alone.
+    for i in range(2):
+        _, alone = explainer(_evidence_model()).forward_explain(x[i : i + 1])
+        np.testing.assert_allclose(alone[0], cams[i], atol=1e-6)
+
+
+def test_upsampling_is_centred_and_does_not_spread_beyond_a_cell() -> None:
+    # The overlay (and the mass bench) upsample with half-pixel centres: a single hot cell
+    # of a 12x12 map lands centred on its own 16x16 block of a 192 px image, and the
+    # bilinear tent reaches no further than the neighbouring cell centres.
+    cam = np.zeros((12, 12), np.float32)
+    cam[3, 8] = 1.0
+    up = resize_map(cam, (192, 192))
+    rows, cols = np.mgrid[0:192, 0:192] + 0.5
+    centre = ((up * rows).sum() / up.sum(), (up * cols).sum() / up.sum())
+    np.testing.assert_allclose(centre, (3.5 * 16, 8.5 * 16), atol=0.5)
+    near = (np.abs(rows - 3.5 * 16) < 16) & (np.abs(cols - 8.5 * 16) < 16)
+    assert (up[~near] == 0).all()
+
+
+def test_mass_bench_head_mask_keeps_scalp_and_skull() -> None:
+    from bench.bench_gradcam_mass import head_mask, inside_fraction
+
+    # Synthetic axial slice: bright brain disk, dark skull gap, thin bright scalp ring,
+    # black background. The head is everything up to the scalp's outer edge.
+    rr, cc = np.mgrid[0:128, 0:128]
+    r = np.hypot(rr - 64, cc - 60)
+    gray = np.zeros((128, 128), np.float32)
+    gray[r < 34] = 120
+    gray[(r >= 38) & (r < 42)] = 200
+    gray[(r < 6)] = 0  # a dark ventricle inside the brain
+    mask = head_mask(np.repeat(gray[..., None], 3, axis=2).astype(np.uint8))
+    assert mask[r < 41].all()
+    assert not mask[r > 45].any()
+    heat = (r < 20).astype(np.float32) + 0.1 * (r > 50)
+    frac = inside_fraction(heat, mask)
+    assert frac is not None
+    assert 0.5 < frac < 1.0
+    assert inside_fraction(np.zeros_like(heat), mask) is None
