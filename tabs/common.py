@@ -31,6 +31,9 @@ _CARD_FIELDS = [
     ("split", "Split"),
     ("metrics", "Validation metrics"),
     ("calibration", "Calibration"),
+    ("shift", "Robustness to acquisition shift"),
+    ("cv", "Cross-validation"),
+    ("gradcam", "Grad-CAM"),
     ("cost", "CPU cost and size"),
     ("limits", "Known limits"),
 ]

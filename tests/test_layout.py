@@ -40,7 +40,7 @@ def test_production_refuses_the_default_secret() -> None:
 
     with pytest.raises(ValidationError, match="DOCTORAI_SECRET_KEY"):
         Settings(env="production")
-    assert Settings(env="production", secret_key="s3cr3t-from-the-vault").env == "production"
+    assert Settings(env="production", secret_key="s3cr3t-from-the-vault-0123456789abcdef").env == "production"
 
 
 def test_settings_come_from_doctorai_env_vars(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
