@@ -141,8 +141,15 @@ class AuthService:
         return None
 
     def create_user(
-        self, username: str, password: str | None, role: str, email: str | None = None, active: bool = True
+        self,
+        username: str,
+        password: str | None,
+        role: str,
+        email: str | None = None,
+        active: bool = True,
+        sso: tuple[str, str] | None = None,
     ) -> UserInfo:
+        """A new account; ``password=None`` with ``sso=(provider, subject)`` makes an SSO-only one."""
         if not _USERNAME.match(username):
             raise InvalidAccount(
                 "a username is 2-150 characters: letters, digits and . _ @ - (starting with a letter or digit)"
@@ -156,9 +163,12 @@ class AuthService:
             role=role,
             active=active,
             email=email,
+            sso_provider=sso[0] if sso else None,
+            sso_subject=sso[1] if sso else None,
             token_version=0,
             failed_logins=0,
             created_at=utcnow(),
+            last_login_at=utcnow() if sso else None,
         )
         try:
             with self.db.session() as s:
@@ -373,21 +383,6 @@ class AuthService:
             if self.get_user(name) is None:
                 break
             name = f"{base}-{i}"
-        with self.db.session() as s:
-            u = User(
-                username=name,
-                password_hash=None,
-                role=role,
-                active=True,
-                email=email,
-                sso_provider=provider,
-                sso_subject=subject,
-                token_version=0,
-                failed_logins=0,
-                created_at=utcnow(),
-                last_login_at=utcnow(),
-            )
-            s.add(u)
-            s.flush()
-            log.info("created %s user %s (%s) on first SSO login", provider, name, role)
-            return UserInfo.of(u)
+        user = self.create_user(name, None, role, email=email, sso=(provider, subject))
+        log.info("created %s user %s (%s) on first SSO login", provider, name, role)
+        return user

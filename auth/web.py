@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import anyio
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from auth.audit import AuditEntry, AuditFilter, AuditLog
 from auth.db import ROLES, Database, open_database
@@ -38,7 +38,7 @@ from auth.errors import (
     InvalidCredentials,
     TooManyRequests,
 )
-from auth.service import AuthService, Permission, Principal, UserInfo
+from auth.service import AuthService, Permission, Principal
 from auth.tokens import TokenCodec, resolve_secret
 from inference.errors import DoctorAIError, InvalidInput
 from settings import Settings
@@ -382,6 +382,8 @@ class TokenResponse(BaseModel):
 
 
 class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     username: str
     role: str
     active: bool
@@ -389,18 +391,6 @@ class UserOut(BaseModel):
     sso_provider: str | None
     created_at: datetime
     last_login_at: datetime | None
-
-    @classmethod
-    def of(cls, u: UserInfo) -> UserOut:
-        return cls(
-            username=u.username,
-            role=u.role,
-            active=u.active,
-            email=u.email,
-            sso_provider=u.sso_provider,
-            created_at=u.created_at,
-            last_login_at=u.last_login_at,
-        )
 
 
 class UserCreate(BaseModel):
@@ -419,6 +409,9 @@ def build_auth_router(ctx: AuthContext) -> APIRouter:
     """Login page, logout, tokens, users and audit routes."""
     router = APIRouter()
     service, settings, audit = ctx.service, ctx.settings, ctx.audit
+
+    def admin_entry(request: Request, p: Principal, action: str, result: str) -> AuditEntry:
+        return AuditEntry(action=action, username=p.username, role=p.role, client_ip=client_ip(request), result=result)
 
     def login_entry(request: Request, username: str, action: str = "login") -> AuditEntry:
         return AuditEntry(action=action, username=username[:150] or None, client_ip=client_ip(request))
@@ -526,31 +519,17 @@ def build_auth_router(ctx: AuthContext) -> APIRouter:
 
     @router.get("/api/users", tags=["admin"])
     def users(p: UserAdmin) -> list[UserOut]:
-        return [UserOut.of(u) for u in service.list_users()]
+        return [UserOut.model_validate(u) for u in service.list_users()]
 
     @router.post("/api/users", tags=["admin"], status_code=201)
     def create_user(request: Request, body: UserCreate, p: UserAdmin) -> UserOut:
-        entry = AuditEntry(
-            action="user_create",
-            username=p.username,
-            role=p.role,
-            client_ip=client_ip(request),
-            result=f"{body.username} ({body.role})",
-        )
-        with audit.track(entry):
-            return UserOut.of(service.create_user(body.username, body.password, body.role))
+        with audit.track(admin_entry(request, p, "user_create", f"{body.username} ({body.role})")):
+            return UserOut.model_validate(service.create_user(body.username, body.password, body.role))
 
     @router.patch("/api/users/{username}", tags=["admin"])
     def patch_user(request: Request, username: str, body: UserPatch, p: UserAdmin) -> UserOut:
         changes = [k for k, v in body.model_dump().items() if v is not None]
-        entry = AuditEntry(
-            action="user_update",
-            username=p.username,
-            role=p.role,
-            client_ip=client_ip(request),
-            result=f"{username}: {', '.join(changes) or 'nothing'}",
-        )
-        with audit.track(entry):
+        with audit.track(admin_entry(request, p, "user_update", f"{username}: {', '.join(changes) or 'nothing'}")):
             if body.role is not None:
                 service.set_role(username, body.role)
             if body.active is not None:
@@ -560,7 +539,7 @@ def build_auth_router(ctx: AuthContext) -> APIRouter:
             user = service.get_user(username)
             if user is None:
                 raise InvalidInput(f"no user named {username!r}")
-            return UserOut.of(user)
+            return UserOut.model_validate(user)
 
     @router.get("/api/audit", tags=["admin"], response_model=None)
     def audit_rows(

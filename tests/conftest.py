@@ -175,40 +175,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def run_app(data: Path, **env: str) -> Iterator[str]:
-    """`python app.py` in a subprocess on a free loopback port, configured by DOCTORAI_* env;
-    yields its URL once /api/health answers, stops it afterwards."""
-    import subprocess
-    import sys
+def wait_until_up(url: str, proc: Any, log_path: Path, timeout_s: float = 90, what: str = "server") -> None:
+    """Poll ``url`` until it answers 200; fail with the tail of ``log_path`` if ``proc`` dies first."""
     import time
     import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{what} did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+        time.sleep(0.3)
+
+
+@contextmanager
+def run_app(data: Path, argv: tuple[str, ...] = ("app.py",), /, **env: str) -> Iterator[str]:
+    """`python app.py` (or ``python <argv>``, where ``{port}`` is replaced) in a subprocess on a free
+    loopback port, configured by DOCTORAI_* env; yields its URL once /api/health answers, stops it
+    afterwards."""
+    import subprocess
+    import sys
 
     port = free_port()
     full = {**os.environ, "DOCTORAI_PORT": str(port), "DOCTORAI_HOST": "127.0.0.1", "DOCTORAI_DATA_DIR": str(data)}
     full.update(AUTH_ENV)
     full.update(env)
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT)
+    log_path = data / "server.log"
+    data.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("w")
+    args = [a.replace("{port}", str(port)) for a in argv]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start:\n" + (data / "server.log").read_text()[-3000:])
-        time.sleep(0.3)
     try:
+        wait_until_up(url + "/api/health", proc, log_path, 120)
         yield url
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()

@@ -11,14 +11,13 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_up
 
 
 def _wait_port(port: int, timeout_s: float = 30.0) -> None:
@@ -200,17 +199,7 @@ def prometheus_server(workdir: Path, targets: list[str], bearer: str) -> Iterato
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not start:\n" + (workdir / "prometheus.log").read_text()[-2000:])
-            time.sleep(0.2)
+        wait_until_up(url + "/-/ready", proc, workdir / "prometheus.log", 60, "prometheus")
         yield url
     finally:
         _stop(proc)

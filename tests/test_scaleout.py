@@ -9,9 +9,6 @@ installs them); the tests skip, naming the package, where one is missing.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, AUTH_ENV, REPO, free_port, image_bytes, run_app, token_headers
+from tests.conftest import ADMIN_PASSWORD, image_bytes, run_app, token_headers
 from tests.services import PostgresServer, RedisServer, prometheus_server
 
 PROBE = "scaleout-probe-token"
@@ -212,40 +209,19 @@ def test_postgres_down_login_is_503_and_health_degraded(cluster: Cluster) -> Non
 def test_metrics_are_aggregated_across_uvicorn_workers(
     tmp_path: Path, tiny_model_dir: Path, tiny_registry_file: Path
 ) -> None:
-    port = free_port()
     mp_dir = tmp_path / "prom-mp"
     mp_dir.mkdir()
-    env = {
-        **os.environ,
-        **AUTH_ENV,
-        "DOCTORAI_DATA_DIR": str(tmp_path / "data"),
-        "DOCTORAI_MODEL_DIR": str(tiny_model_dir),
-        "DOCTORAI_REGISTRY_FILE": str(tiny_registry_file),
-        "DOCTORAI_DEVICE": "cpu",
-        "DOCTORAI_METRICS_TOKEN": PROBE,
-        "DOCTORAI_CACHE_ENABLED": "false",
-        "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
-    }
-    log = (tmp_path / "uvicorn.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "uvicorn.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.3)
+    argv = ("-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", "{port}", "--workers", "2")
+    with run_app(
+        tmp_path / "data",
+        argv,
+        DOCTORAI_MODEL_DIR=str(tiny_model_dir),
+        DOCTORAI_REGISTRY_FILE=str(tiny_registry_file),
+        DOCTORAI_DEVICE="cpu",
+        DOCTORAI_METRICS_TOKEN=PROBE,
+        DOCTORAI_CACHE_ENABLED="false",
+        PROMETHEUS_MULTIPROC_DIR=str(mp_dir),
+    ) as url:
         headers = token_headers(url)
         n = 6
         for i in range(n):
@@ -257,10 +233,3 @@ def test_metrics_are_aggregated_across_uvicorn_workers(
         for _ in range(4):  # whichever worker answers the scrape reports the sum over both
             assert metric(url, "doctorai_inference_stage_seconds_count", model="tumor", stage="total") == n
             assert metric(url, "doctorai_analyses_total", model="tumor") == n
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
