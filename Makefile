@@ -62,7 +62,7 @@ TRAIN := $(BIN)/python -m inference.train
 EVALUATE := $(BIN)/python -m inference.evaluate
 .PHONY: train-all
 train-all: install
-	$(TRAIN) brain_tumor --data $(DATASETS)/brain_mri --out runs/brain_tumor --install --epochs 16 --patience 5 --max-minutes 43
+	$(TRAIN) brain_tumor --data $(DATASETS)/brain_mri --out runs/brain_tumor --install --epochs 22 --patience 6 --max-minutes 43
 	$(EVALUATE) brain_tumor --data $(DATASETS)/brain_mri --out runs/brain_tumor/eval --write-card
 	$(TRAIN) lung_colon --data $(DATASETS)/lung_colon --out runs/lung_colon --install --epochs 16 --patience 5 --max-minutes 43
 	$(EVALUATE) lung_colon --data $(DATASETS)/lung_colon --out runs/lung_colon/eval --write-card
