@@ -672,7 +672,12 @@ def train_keras(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
     x_train = load_images(train_set.paths, size, "decode train")
     x_val = load_images(val_set.paths, size, "decode val")
     log.info("decoded in %.1fs", time.perf_counter() - t_load)
-    final, json_log, train_seconds = fit_keras(spec, cfg, arch, x_train, train_set.labels, x_val, val_set.labels)
+    # options.select_best: false trains a fixed number of epochs and keeps the last weights: for a
+    # val split too small to pick an epoch by (monkeypox: 26 photos), and the recipe CV scores.
+    select = bool(spec.options.get("select_best", True))
+    final, json_log, train_seconds = fit_keras(
+        spec, cfg, arch, x_train, train_set.labels, x_val, val_set.labels, select_best=select
+    )
     mode = "max" if "acc" in cfg.monitor else "min"
     gradcam_layer = spec.gradcam_layer or DEFAULT_GRADCAM_LAYER.get(arch)
     spec = spec.model_copy(update={"gradcam_layer": gradcam_layer, "calibration": Calibration()})
