@@ -287,6 +287,10 @@ class AuthService:
 
     # ------------------------------------------------------------------ sessions and tokens
     def open_session(self, user: UserInfo, kind: str, ttl_s: int, client_ip: str | None) -> str:
+        return self._open_session(user, kind, ttl_s, client_ip)[0]
+
+    def _open_session(self, user: UserInfo, kind: str, ttl_s: int, client_ip: str | None) -> tuple[str, int]:
+        """(session id, the user's token version it was opened under)."""
         sid = secrets.token_urlsafe(32)
         with self.db.session() as s:
             u = s.get(User, user.id)
@@ -303,7 +307,8 @@ class AuthService:
                     client_ip=(client_ip or "")[:64] or None,
                 )
             )
-        return sid
+            version = u.token_version
+        return sid, version
 
     def revoke_session(self, session_id: str) -> None:
         with self.db.session() as s:
@@ -342,13 +347,7 @@ class AuthService:
         return p if p is not None and p.user.id == claims.user_id else None
 
     def issue_tokens(self, user: UserInfo, client_ip: str | None) -> TokenPair:
-        sid = self.open_session(user, "api", self.settings.refresh_token_ttl_s, client_ip)
-        return self._pair(user, sid)
-
-    def _pair(self, user: UserInfo, sid: str) -> TokenPair:
-        with self.db.session() as s:
-            u = s.get(User, user.id)
-            version = u.token_version if u else -1
+        sid, version = self._open_session(user, "api", self.settings.refresh_token_ttl_s, client_ip)
         now = time.time()
         st = self.settings
         access = self.codec.encode(TokenClaims(user.id, sid, version, "access", now + st.access_token_ttl_s))

@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -40,7 +40,7 @@ from auth.errors import (
 )
 from auth.service import AuthService, Permission, Principal
 from auth.tokens import TokenCodec, resolve_secret
-from inference.errors import DoctorAIError, InvalidInput
+from inference.errors import InvalidInput
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -572,8 +572,6 @@ def build_auth_router(ctx: AuthContext) -> APIRouter:
 def _naive_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is None:
         return value
-    from datetime import UTC
-
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
@@ -641,13 +639,6 @@ autocomplete="current-password">
 </form>{buttons}
 <p class="notice"><b>Research use, not a diagnosis.</b> Access is logged.</p>
 </main></body></html>"""
-
-
-def domain_error_response(exc: DoctorAIError) -> JSONResponse:
-    from api.logs import current_request_id
-
-    body = {"detail": exc.message, "error": type(exc).__name__, "request_id": current_request_id()}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 __all__ = [

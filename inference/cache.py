@@ -69,6 +69,9 @@ class _DiskStore:
     def set(self, key: str, value: str | bytes, ttl_s: int) -> None:
         self._c.set(key, value, expire=ttl_s or None)
 
+    def ping(self) -> None:
+        self._c.get("__ping__")
+
     def stats(self) -> dict[str, Any]:
         return {"entries": len(self._c), "size_bytes": self._c.volume()}
 
@@ -100,6 +103,9 @@ class _RedisStore:
     def set(self, key: str, value: str | bytes, ttl_s: int) -> None:
         data = value.encode("utf-8") if isinstance(value, str) else value
         self._r.set(self.PREFIX + key, data, ex=ttl_s or None)
+
+    def ping(self) -> None:
+        self._r.ping()
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -218,10 +224,7 @@ class PredictionCache:
         if self._store is None:
             return True
         try:
-            if isinstance(self._store, _RedisStore):
-                self._store._r.ping()
-            else:
-                self._store.get("__ping__")
+            self._store.ping()
         except Exception:
             self._failed("ping")
             return False

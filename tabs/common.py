@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from auth.audit import AuditEntry
-from auth.errors import AuthenticationRequired
+from auth.errors import AuthenticationRequired, Forbidden
 from auth.service import Permission, UserInfo
 from auth.web import AuthContext
 from inference.errors import DoctorAIError
@@ -120,8 +120,6 @@ class UiAuth:
             )
             with self.auth.audit.track(entry, data):
                 if not user.can(permission):
-                    from auth.errors import Forbidden
-
                     raise Forbidden(f"your role ({user.role}) may not do this")
                 if rate_limited:
                     self.auth.service.check_analysis_rate(user.username)
