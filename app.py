@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.routes import APP_VERSION, build_router, install_error_handlers
     from auth.web import AuthGate, HardeningMiddleware, build_auth, build_auth_router, gradio_user
     from inference.runtime import build_runtime
-    from tabs import CSS, build_ui
+    from tabs import CSS, build_ui, calm_gradio_queue
 
     settings = settings or get_settings()
     runtime = build_runtime(settings)
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(build_router(runtime, auth))
     api.include_router(build_chat_router(runtime, auth))
     blocks = build_ui(runtime, auth)
-    return gr.mount_gradio_app(
+    mounted = gr.mount_gradio_app(
         api,
         blocks,
         path="/",
@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         footer_links=["api"],
         auth_dependency=gradio_user,
     )
+    calm_gradio_queue(blocks, settings.gradio_queue_poll_ms)
+    return mounted
 
 
 _app: FastAPI | None = None

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="gather concurrent requests for one model into one batch")
     batch_max_size: int = Field(8, ge=1, le=256)
     batch_max_wait_ms: float = Field(3.0, ge=0.0, le=100.0)
+    # Gradio's queue polls for work every 1 ms while idle (and every 10 ms for progress): about
+    # 1,100 event-loop wake-ups a second, each taking the GIL from the threads serving requests.
+    # A queued UI event waits at most this long before it starts.
+    gradio_queue_poll_ms: float = Field(5.0, ge=0.5, le=100.0)
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

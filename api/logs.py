@@ -15,10 +15,10 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("doctorai_request_id", default=None)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # never log or echo attacker-sized junk
@@ -73,16 +73,35 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
         lg.propagate = True
 
 
-def install_request_ids(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        sent = request.headers.get("x-request-id", "")
+class RequestIdMiddleware:
+    """Pure ASGI (no ``BaseHTTPMiddleware`` body streaming on the hot path): every request
+    gets an id (a sane ``X-Request-ID`` it sent, or a new one) in ``request.state``, in the
+    logs' context and in the response's ``X-Request-ID`` header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
         rid = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
-        request.state.request_id = rid
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
         token = REQUEST_ID.set(rid)
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)
-        response.headers["X-Request-ID"] = rid
-        return response
+
+
+def install_request_ids(app: FastAPI) -> None:
+    app.add_middleware(RequestIdMiddleware)

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from prometheus_client import (
@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference.runtime import Runtime
 from inference.service import AnalysisResult
@@ -165,28 +166,47 @@ def _rss_bytes() -> int:
         return 0
 
 
+class MetricsMiddleware:
+    """Pure ASGI request metrics: in-flight gauge, count and latency by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.in_flight.dec()
+            route = scope.get("route")  # set on this scope by the router that matched
+            path = scope.get("path", "")
+            template = getattr(route, "path", None) or ("/gradio" if path != "/" else "/")
+            template = _CONVERTER.sub("}", template)  # "/api/predict/{model_id:path}" -> "{model_id}"
+            metrics.requests.labels(scope.get("method", ""), template, str(status)).inc()
+            metrics.request_seconds.labels(scope.get("method", ""), template).observe(time.perf_counter() - start)
+
+
 def install_metrics(app: FastAPI, runtime: Runtime) -> Metrics:
     """Attach the request middleware, the analyzer observer and ``GET /metrics``."""
     metrics = Metrics(runtime)
     runtime.analyzer.add_observer(metrics.observe)
     settings = runtime.settings
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        metrics.in_flight.inc()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            metrics.in_flight.dec()
-            route = request.scope.get("route")
-            template = getattr(route, "path", None) or ("/gradio" if request.url.path != "/" else "/")
-            template = _CONVERTER.sub("}", template)  # "/api/predict/{model_id:path}" -> "{model_id}"
-            metrics.requests.labels(request.method, template, str(status)).inc()
-            metrics.request_seconds.labels(request.method, template).observe(time.perf_counter() - start)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     router = APIRouter()
 

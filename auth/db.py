@@ -158,6 +158,9 @@ class Database:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (two workers, audit writes)
+    # WAL + NORMAL: a commit no longer waits for an fsync (it cost ~5 ms per audited request);
+    # the database stays consistent, and only the last commits before a power cut can be lost.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=15000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

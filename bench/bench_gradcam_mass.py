@@ -96,6 +96,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from inference.backends.keras_image import KerasImageBackend
+    from inference.framing import framing_for
     from inference.gradcam import FusedExplainer
     from inference.imaging import decode_image
     from inference.manager import ModelManager
@@ -126,6 +127,7 @@ def main() -> None:
         files.extend((cls.name, f) for f in (found[: args.limit] if args.limit else found))
     fractions: list[float] = []
     chance: list[float] = []
+    chance_seen: list[float] = []
     classes: list[str] = []
     grid = None
     for start in range(0, len(files), args.batch):
@@ -142,14 +144,24 @@ def main() -> None:
                 continue
             fractions.append(frac)
             chance.append(float(mask.mean()))
+            # a uniform map over just the part the model saw (the crop square, when it crops)
+            seen = np.zeros_like(mask)
+            fr = framing_for(pixels, backend.spec.input.crop)
+            x0, y0 = max(0, round(fr.x0)), max(0, round(fr.y0))
+            seen[y0 : round(fr.y0 + fr.side_y), x0 : round(fr.x0 + fr.side_x)] = True
+            chance_seen.append(float(mask[seen].mean()))
             classes.append(cls_name)
     arr, ref, cls_arr = np.asarray(fractions), np.asarray(chance), np.asarray(classes)
     layer = backend.explainer.layer_name
-    print(f"\n{args.model}: Grad-CAM on {layer!r}, grid {grid}, {len(arr)} images from {args.data}")
+    print(f"\n{args.model}: Grad-CAM on {layer!r}, map {grid} on the image frame, {len(arr)} images from {args.data}")
     mask_name = "legacy (bright pixels)" if args.legacy_mask else "head = not joined to the frame by dark pixels"
     print(f"mask: {mask_name}")
     print(_summary("heatmap mass inside the head", arr))
     print(_summary("uniform map (chance: head share of the frame)", ref))
+    if backend.spec.input.crop != "none":
+        print(
+            _summary(f"uniform over what the model saw (input.crop {backend.spec.input.crop})", np.asarray(chance_seen))
+        )
     for name in sorted(set(classes)):
         sel = cls_arr == name
         print(f"  {name:<12} n={int(sel.sum()):4d}  inside {arr[sel].mean():.1%}  (chance {ref[sel].mean():.1%})")

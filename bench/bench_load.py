@@ -91,7 +91,9 @@ async def throughput(url: str, clients: int, per_client: int, size: int, seed0: 
         return clients * per_client / (time.perf_counter() - t)
 
 
-def rest_latencies(url: str, images: list[bytes]) -> list[float]:
+def rest_latencies(url: str, images: list[bytes], stages: dict[str, list[float]] | None = None) -> list[float]:
+    """Client-side wall time per request; ``stages`` collects the server's own breakdown
+    (``timing_breakdown_ms``: decode, preprocess, forward, ...) for the report."""
     import httpx
 
     out = []
@@ -101,6 +103,9 @@ def rest_latencies(url: str, images: list[bytes]) -> list[float]:
             r = client.post(f"{url}/api/predict/bench", files={"file": ("x.png", data)}, params={"explain": "true"})
             r.raise_for_status()
             out.append((time.perf_counter() - t) * 1e3)
+            if stages is not None:
+                for k, v in r.json().get("timing_breakdown_ms", {}).items():
+                    stages.setdefault(k, []).append(float(v))
     return out
 
 
@@ -149,19 +154,33 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7401)
     ap.add_argument("--real-models", action="store_true", help="also measure RSS with all installed models loaded")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--batch-max-size", type=int, help="DOCTORAI_BATCH_MAX_SIZE of the batching server")
+    ap.add_argument("--only-throughput", action="store_true", help="only the throughput table (and raw costs)")
+    ap.add_argument("--rss-only", action="store_true", help="with --real-models: only the RSS of the real models")
     ap.add_argument(
         "--kb-source", type=Path, help="with --real-models: the chat corpus (its index is built if missing)"
     )
     ap.add_argument("--kb-dir", type=Path, help="with --real-models: an already built index folder")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # child mode, see prepare()
+    ap.add_argument("--remeasure", type=Path, help=argparse.SUPPRESS)  # child mode, see remeasure()
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.prepare:
         prepare(args.prepare, args.size, args.repeats)
         return
+    if args.remeasure:
+        remeasure(args.remeasure, args.repeats)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="doctorai-load-"))
+    if args.rss_only:
+        res_rss: dict[str, Any] = {}
+        measure_real_models(args, work, res_rss)
+        print(f"RSS with {res_rss['real_models_loaded']}: {res_rss['rss_all_real_models_mb']:.0f} MB")
+        if args.json:
+            args.json.write_text(json.dumps(res_rss, indent=2))
+        return
     model_dir = work / "models"
     registry = work / "models.yaml"
     # The model is built and its raw cost measured in a child process: TensorFlow's idle
@@ -177,9 +196,7 @@ def main() -> None:
 
 def prepare(work: Path, size: int, n: int) -> None:
     """Child process: build the model, measure the raw fused cost and decode costs."""
-    from inference.backends.keras_image import KerasImageBackend, load_keras_model
     from inference.imaging import decode_image
-    from inference.registry import Registry
 
     model_dir = work / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -188,10 +205,7 @@ def prepare(work: Path, size: int, n: int) -> None:
     registry = work / "models.yaml"
     write_registry(registry, size)
     res: dict[str, Any] = {}
-    backend = KerasImageBackend(
-        Registry.from_yaml(registry)["bench"], load_keras_model(model_dir / "bench.keras"), "cpu"
-    )
-    backend.warm_up()
+    backend = _raw_backend(work)
     x = backend.preprocess([np.zeros((size, size, 3), np.uint8)])
     res["raw_fused_ms"] = pct(timed(lambda: backend.explainer.forward_explain(x), n), 50)
     res["raw_forward_ms"] = pct(timed(lambda: backend.explainer.forward(x), n), 50)
@@ -206,6 +220,30 @@ def prepare(work: Path, size: int, n: int) -> None:
     (work / "raw.json").write_text(json.dumps(res))
 
 
+def _raw_backend(work: Path) -> Any:
+    from inference.backends.keras_image import KerasImageBackend, load_keras_model
+    from inference.registry import Registry
+
+    backend = KerasImageBackend(
+        Registry.from_yaml(work / "models.yaml")["bench"], load_keras_model(work / "models" / "bench.keras"), "cpu"
+    )
+    backend.warm_up()
+    return backend
+
+
+def remeasure(work: Path, n: int) -> None:
+    """Child process: the raw fused time again, right after the REST latencies were taken.
+
+    This machine's speed drifts over minutes (other tenants), so the REST ratio uses the mean
+    of the raw time measured before the server started and this one."""
+    backend = _raw_backend(work)
+    size = backend.spec.input.size
+    x = backend.preprocess([np.zeros((size, size, 3), np.uint8)])
+    (work / "raw_after.json").write_text(
+        json.dumps({"raw_fused_ms_after": pct(timed(lambda: backend.explainer.forward_explain(x), n), 50)})
+    )
+
+
 def serve_and_measure(
     args: argparse.Namespace, work: Path, model_dir: Path, registry: Path, res: dict[str, Any]
 ) -> None:
@@ -214,36 +252,44 @@ def serve_and_measure(
     # --- DoctorAI, batching on: cold start, latency, cache, gradio_client, throughput
     port_on = args.port
     t0 = time.perf_counter()
-    proc = start_doctorai(work, model_dir, registry, port_on, DOCTORAI_PRELOAD="bench")
+    batch_env = {"DOCTORAI_BATCH_MAX_SIZE": str(args.batch_max_size)} if args.batch_max_size else {}
+    proc = start_doctorai(work, model_dir, registry, port_on, DOCTORAI_PRELOAD="bench", **batch_env)
     url = f"http://127.0.0.1:{port_on}"
     try:
         wait_http(url + "/api/health", 120)
         res["cold_health_s"] = time.perf_counter() - t0
         wait_http(url + "/api/ready", 600)
         res["cold_ready_s"] = time.perf_counter() - t0
-        first = rest_latencies(url, [png(10_000, args.size)])[0]
-        warm = rest_latencies(url, [png(10_001 + i, args.size) for i in range(n)])
-        res["first_analysis_ms"] = first
-        res["rest_p50_ms"], res["rest_p95_ms"] = pct(warm, 50), pct(warm, 95)
-        hit_img = png(10_001, args.size)
-        hits = rest_latencies(url, [hit_img] * n)
-        res["cache_hit_p50_ms"] = pct(hits, 50)
-        paths = []
-        for i in range(n):
-            p = work / f"g{i}.png"
-            p.write_bytes(png(20_000 + i, args.size))
-            paths.append(p)
-        g = gradio_latencies(url, paths, "/predict_bench", (0.45, True))
-        res["gradio_p50_ms"], res["gradio_p95_ms"] = pct(g, 50), pct(g, 95)
-        fresh = []
-        for i in range(n):  # new images: the ones above are cache hits by now
-            p = work / f"h{i}.png"
-            p.write_bytes(png(25_000 + i, args.size))
-            fresh.append(p)
-        gh = gradio_http_latencies(url, fresh, "predict_bench", (0.45, True))
-        res["gradio_http_p50_ms"], res["gradio_http_p95_ms"] = pct(gh, 50), pct(gh, 95)
+        if not args.only_throughput:
+            first = rest_latencies(url, [png(10_000, args.size)])[0]
+            stages: dict[str, list[float]] = {}
+            warm = rest_latencies(url, [png(10_001 + i, args.size) for i in range(n)], stages)
+            res["rest_server_stages_p50_ms"] = {k: pct(v, 50) for k, v in stages.items()}
+            res["first_analysis_ms"] = first
+            res["rest_p50_ms"], res["rest_p95_ms"] = pct(warm, 50), pct(warm, 95)
+            # the server idles meanwhile; the raw cost again, in the same minutes as the REST figures
+            cmd = [sys.executable, __file__, "--remeasure", str(work), "--repeats", str(args.repeats)]
+            subprocess.run(cmd, check=True)
+            res.update(json.loads((work / "raw_after.json").read_text()))
+            hit_img = png(10_001, args.size)
+            hits = rest_latencies(url, [hit_img] * n)
+            res["cache_hit_p50_ms"] = pct(hits, 50)
+            paths = []
+            for i in range(n):
+                p = work / f"g{i}.png"
+                p.write_bytes(png(20_000 + i, args.size))
+                paths.append(p)
+            g = gradio_latencies(url, paths, "/predict_bench", (0.45, True))
+            res["gradio_p50_ms"], res["gradio_p95_ms"] = pct(g, 50), pct(g, 95)
+            fresh = []
+            for i in range(n):  # new images: the ones above are cache hits by now
+                p = work / f"h{i}.png"
+                p.write_bytes(png(25_000 + i, args.size))
+                fresh.append(p)
+            gh = gradio_http_latencies(url, fresh, "predict_bench", (0.45, True))
+            res["gradio_http_p50_ms"], res["gradio_http_p95_ms"] = pct(gh, 50), pct(gh, 95)
         res["throughput_batching_on"] = {
-            c: asyncio.run(throughput(url, c, max(2, 24 // c), args.size, 30_000 + c * 100_000)) for c in LEVELS
+            c: asyncio.run(throughput(url, c, max(3, 48 // c), args.size, 30_000 + c * 100_000)) for c in LEVELS
         }
         res["rss_server_mb_one_model"] = rss_mb(proc.pid)
     finally:
@@ -256,13 +302,13 @@ def serve_and_measure(
         wait_http(url_off + "/api/ready", 600)
         rest_latencies(url_off, [png(1, args.size)])
         res["throughput_batching_off"] = {
-            c: asyncio.run(throughput(url_off, c, max(2, 24 // c), args.size, 40_000 + c * 100_000)) for c in LEVELS
+            c: asyncio.run(throughput(url_off, c, max(3, 48 // c), args.size, 40_000 + c * 100_000)) for c in LEVELS
         }
     finally:
         stop(proc)
 
     # --- naive baseline
-    if not args.skip_naive:
+    if not (args.skip_naive or args.only_throughput):
         naive_port = port_on + 2
         naive = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "naive_app.py"), str(model_dir / "bench.keras"), str(naive_port)],
@@ -276,31 +322,40 @@ def serve_and_measure(
         finally:
             stop(naive)
 
-    # --- RSS with every installed real model loaded
     if args.real_models:
-        from inference.registry import Registry as Reg
+        measure_real_models(args, work, res)
 
-        ids = ",".join(s.id for s in Reg.from_yaml(REPO / "assets" / "models.yaml"))
-        kb_env = {"DOCTORAI_KB_SOURCE": str(args.kb_source)} if args.kb_source else {}
-        if args.kb_dir:
-            kb_env["DOCTORAI_KB_DIR"] = str(args.kb_dir)
-        proc = start_doctorai(work, REPO / "assets" / "models", None, port_on + 3, DOCTORAI_PRELOAD=ids, **kb_env)
-        try:
-            wait_http(f"http://127.0.0.1:{port_on + 3}/api/ready", 900)
-            import httpx
 
-            states = httpx.get(
-                f"http://127.0.0.1:{port_on + 3}/api/ready", headers={"Authorization": f"Bearer {PROBE_TOKEN}"}
-            ).json()["models"]
-            res["real_models_loaded"] = [m for m, s in states.items() if s["state"] == "ready"]
-            res["rss_all_real_models_mb"] = rss_mb(proc.pid)
-        finally:
-            stop(proc)
+def measure_real_models(args: argparse.Namespace, work: Path, res: dict[str, Any]) -> None:
+    """RSS of a server with every installed real model (and the chat index) preloaded."""
+    from inference.registry import Registry as Reg
+
+    port = args.port + 3
+    ids = ",".join(s.id for s in Reg.from_yaml(REPO / "assets" / "models.yaml"))
+    kb_env = {"DOCTORAI_KB_SOURCE": str(args.kb_source)} if args.kb_source else {}
+    if args.kb_dir:
+        kb_env["DOCTORAI_KB_DIR"] = str(args.kb_dir)
+    proc = start_doctorai(work, REPO / "assets" / "models", None, port, DOCTORAI_PRELOAD=ids, **kb_env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/ready", 900)
+        import httpx
+
+        states = httpx.get(
+            f"http://127.0.0.1:{port}/api/ready", headers={"Authorization": f"Bearer {PROBE_TOKEN}"}
+        ).json()["models"]
+        res["real_models_loaded"] = [m for m, s in states.items() if s["state"] == "ready"]
+        res["rss_all_real_models_mb"] = rss_mb(proc.pid)
+    finally:
+        stop(proc)
 
 
 def report(res: dict[str, Any], size: int) -> None:
-    base = res["raw_fused_ms"]
+    # the mean of the raw fused time before the servers ran and right after the REST latencies
+    base = (res["raw_fused_ms"] + res.get("raw_fused_ms_after", res["raw_fused_ms"])) / 2
     rows: list[tuple[str, str, str]] = [("raw fused forward+Grad-CAM, batch 1 (p50)", f"{base:.1f} ms", "1.00")]
+    if "raw_fused_ms_after" in res:
+        rows.append(("  of which: before the servers", f"{res['raw_fused_ms']:.1f} ms", ""))
+        rows.append(("  of which: after the REST latencies", f"{res['raw_fused_ms_after']:.1f} ms", ""))
 
     def add(label: str, key: str) -> None:
         if key in res:
@@ -325,10 +380,17 @@ def report(res: dict[str, Any], size: int) -> None:
     print(f"{'measurement':45s} {'value':>12s} {'x raw fused':>12s}")
     for label, value, ratio in rows:
         print(f"{label:45s} {value:>12s} {ratio:>12s}")
+    if "rest_server_stages_p50_ms" in res:
+        print(
+            "\nREST, inside the server (p50 ms): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in res["rest_server_stages_p50_ms"].items() if k != "batch_size")
+        )
     print(f"\n{'clients':>8s} {'img/s batching on':>18s} {'img/s off':>10s} {'on/off':>7s}")
     for c in LEVELS:
         on, off = res["throughput_batching_on"][c], res["throughput_batching_off"][c]
         print(f"{c:8d} {on:18.2f} {off:10.2f} {on / off:7.2f}")
+    if "first_analysis_ms" not in res:  # --only-throughput
+        return
     print(f"\ncold start: /api/health {res['cold_health_s']:.1f} s, /api/ready (preloaded) {res['cold_ready_s']:.1f} s")
     if "naive_p50_ms" in res:
         print(f"naive / DoctorAI REST p50: {res['naive_p50_ms'] / res['rest_p50_ms']:.1f}x")

@@ -4,8 +4,13 @@ Request threads (FastAPI's thread pool, Gradio's workers) call :meth:`MicroBatch
 and block on a future. One dispatcher thread per batcher takes the first waiting request,
 drains whatever else is already queued, waits at most ``max_wait_ms`` for more while the
 batch is not full, then runs one batched call and hands each request its own result.
-At low load a request waits at most ``max_wait_ms``; under load, requests that queue up
-while a batch runs go together in the next one.
+Under load, requests that queue up while a batch runs go together in the next one.
+
+With ``adaptive=True`` the dispatcher waits only for requests that have announced
+themselves (:meth:`MicroBatcher.expect`, taken by the caller before it decodes the image):
+a lone request on an idle model runs at once instead of paying ``max_wait_ms``, and
+requests arriving together still share a batch. Without it, every batch waits up to
+``max_wait_ms``.
 """
 
 from __future__ import annotations
@@ -34,21 +39,66 @@ class _Item:
     enqueued: float
 
 
+class Ticket:
+    """A request on its way to a batcher (see :meth:`MicroBatcher.expect`)."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self._open = True
+
+    def submit(self, pixels: np.ndarray) -> tuple[BatchOutput, int, float]:
+        self._release()
+        return self._batcher.submit(pixels)
+
+    def _release(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._arrived()
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()  # the request failed before submitting (bad image): stop expecting it
+
+
 class MicroBatcher:
     """Gathers single-image requests into bounded batches for one callable."""
 
-    def __init__(self, fn: BatchFn, *, max_batch: int = 8, max_wait_ms: float = 3.0, name: str = "batcher") -> None:
+    def __init__(
+        self,
+        fn: BatchFn,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 3.0,
+        name: str = "batcher",
+        adaptive: bool = False,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1e3
+        self.adaptive = adaptive
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._expected = 0  # announced requests not yet submitted (adaptive mode)
+        self._expected_lock = threading.Lock()
         self._closed = False
         self.batches = 0
         self.items = 0
         self._thread = threading.Thread(target=self._run, name=f"doctorai-{name}", daemon=True)
         self._thread.start()
+
+    def expect(self) -> Ticket:
+        """Announce a request that will be submitted soon; use as a context manager and
+        submit through the ticket. In adaptive mode the dispatcher waits only for these."""
+        with self._expected_lock:
+            self._expected += 1
+        return Ticket(self)
+
+    def _arrived(self) -> None:
+        with self._expected_lock:
+            self._expected -= 1
 
     def submit(self, pixels: np.ndarray) -> tuple[BatchOutput, int, float]:
         """Run ``pixels`` in the next batch; returns (batch output, own index, queue wait ms)."""
@@ -63,8 +113,21 @@ class MicroBatcher:
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch:
             remaining = deadline - time.perf_counter()
+            if self.adaptive and self._expected <= 0:
+                remaining = 0.0  # nobody else is on the way: take what is queued and go
             try:
-                item = self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
+                if remaining <= 0:
+                    item = self._queue.get_nowait()
+                else:
+                    # in adaptive mode wake up now and then to notice that the announced
+                    # requests are gone (failed) rather than sleep out the whole wait
+                    step = min(remaining, 0.0005) if self.adaptive else remaining
+                    try:
+                        item = self._queue.get(timeout=step)
+                    except queue.Empty:
+                        if self.adaptive and time.perf_counter() < deadline:
+                            continue
+                        raise
             except queue.Empty:
                 break
             if item is None:  # close() sentinel: finish this batch, then stop

@@ -6,6 +6,7 @@ used to run code. A model update changes ``model_version`` and so misses old ent
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -27,25 +28,39 @@ def cache_key(sha256: str, model_id: str, model_version: str, explain: bool) -> 
 
 
 def encode_prediction(pred: Prediction) -> str:
+    """JSON with the explanation map as base64 little-endian float32 plus its shape: a
+    placed 96 x 96 Grad-CAM map as a JSON number list cost ~3 ms per request to write."""
     expl = pred.explanation
+    packed = None
+    if expl is not None:
+        arr = np.ascontiguousarray(expl, dtype="<f4")
+        packed = {"shape": list(arr.shape), "f32": base64.b64encode(arr.tobytes()).decode("ascii")}
     return json.dumps(
         {
             "label": pred.label,
             "probabilities": pred.probabilities,
-            "explanation": None if expl is None else np.round(expl.astype(np.float64), 5).tolist(),
+            "explanation": packed,
             "explanation_kind": pred.explanation_kind,
             "extra": pred.extra,
         }
     )
 
 
+def _decode_explanation(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["f32"], validate=True), dtype="<f4")
+        return flat.reshape([int(n) for n in value["shape"]]).astype(np.float32)
+    return np.asarray(value, dtype=np.float32)  # entries written before the packed format
+
+
 def decode_prediction(raw: str) -> Prediction:
     d = json.loads(raw)
-    expl = d.get("explanation")
     return Prediction(
         label=d["label"],
         probabilities={k: float(v) for k, v in d["probabilities"].items()},
-        explanation=None if expl is None else np.asarray(expl, dtype=np.float32),
+        explanation=_decode_explanation(d.get("explanation")),
         explanation_kind=d.get("explanation_kind"),
         extra=d.get("extra") or {},
     )
@@ -204,7 +219,7 @@ class PredictionCache:
             return None
         try:
             return decode_prediction(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
             log.warning("dropping an unreadable cache entry %s", key)
             return None
 

@@ -46,6 +46,9 @@ class InputSpec(BaseModel):
     # x = pixels * scale + offset (the original models: scale 1/255, offset 0)
     scale: float = 1.0 / 255.0
     offset: float = 0.0
+    # "foreground": crop to the bounding square of the non-dark region first; "foreground_box":
+    # to its bounding box, stretched to the square input (inference.framing)
+    crop: Literal["none", "foreground", "foreground_box"] = "none"
 
 
 class Calibration(BaseModel):

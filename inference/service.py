@@ -6,6 +6,7 @@ prediction -> cache store. A cache hit never touches the model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from inference.backends.base import BatchOutput, Prediction
-from inference.batching import MicroBatcher
+from inference.batching import MicroBatcher, Ticket
 from inference.cache import PredictionCache, cache_key
 from inference.errors import ImageTooLarge, InvalidInput
 from inference.explain import render_explanation
@@ -117,16 +118,23 @@ class Analyzer:
                         return self.manager.get(model_id).predict(images, explain=explain)
 
                     batcher = MicroBatcher(
-                        run, max_batch=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms, name=f"{model_id}-batch"
+                        run,
+                        max_batch=self.batch_max_size,
+                        max_wait_ms=self.batch_max_wait_ms,
+                        name=f"{model_id}-batch",
+                        adaptive=True,
                     )
                     self._batchers[key] = batcher
         return batcher
 
-    def _predict(self, model_id: str, pixels: np.ndarray, explain: bool) -> tuple[Prediction, dict[str, float]]:
+    def _predict(
+        self, model_id: str, pixels: np.ndarray, explain: bool, ticket: Ticket | None = None
+    ) -> tuple[Prediction, dict[str, float]]:
         if not self.batching:
             out = self.manager.get(model_id).predict([pixels], explain=explain)
             return out.predictions[0], dict(out.timing_ms)
-        out, index, waited = self._batcher(model_id, explain).submit(pixels)
+        submit = ticket.submit if ticket is not None else self._batcher(model_id, explain).submit
+        out, index, waited = submit(pixels)
         timing = dict(out.timing_ms)
         timing["queue_wait"] = waited
         timing["batch_size"] = float(len(out.predictions))
@@ -193,21 +201,25 @@ class Analyzer:
         hit = self.cache.get(key)
         timing["cache_lookup"] = (time.perf_counter() - t0) * 1e3
         image: DecodedImage | None = None
-        if hit is None or need_pixels:
-            t = time.perf_counter()
-            image = self.decode(data, filename)
-            timing["decode"] = (time.perf_counter() - t) * 1e3
-        if hit is not None:
-            timing["total"] = (time.perf_counter() - t0) * 1e3
-            return self._done(AnalysisResult(spec, hit, True, sha, timing, image, cache_key=key))
-        assert image is not None
-        if spec.id not in self.manager.loaded():
-            # First use in this process: load here (typed errors surface now, not inside a
-            # batch) and report the time apart rather than blame the model for it.
-            t = time.perf_counter()
-            self.manager.get(spec.id)
-            timing["model_load"] = (time.perf_counter() - t) * 1e3
-        pred, model_timing = self._predict(spec.id, image.pixels, explain)
+        # Tell the batcher a request is coming before decoding, so that it waits for this one
+        # only while it is on its way (adaptive batching).
+        ticket = self._batcher(spec.id, explain).expect() if hit is None and self.batching else None
+        with ticket or contextlib.nullcontext():
+            if hit is None or need_pixels:
+                t = time.perf_counter()
+                image = self.decode(data, filename)
+                timing["decode"] = (time.perf_counter() - t) * 1e3
+            if hit is not None:
+                timing["total"] = (time.perf_counter() - t0) * 1e3
+                return self._done(AnalysisResult(spec, hit, True, sha, timing, image, cache_key=key))
+            assert image is not None
+            if spec.id not in self.manager.loaded():
+                # First use in this process: load here (typed errors surface now, not inside a
+                # batch) and report the time apart rather than blame the model for it.
+                t = time.perf_counter()
+                self.manager.get(spec.id)
+                timing["model_load"] = (time.perf_counter() - t) * 1e3
+            pred, model_timing = self._predict(spec.id, image.pixels, explain, ticket)
         timing.update(model_timing)
         self.cache.set(key, pred)
         timing["total"] = (time.perf_counter() - t0) * 1e3

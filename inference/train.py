@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.framing import CropMode
 from inference.registry import Calibration, Head, ModelSpec, Registry, file_sha256
 
 log = logging.getLogger("inference.train")
@@ -117,27 +118,34 @@ def split_dirs(data: Path) -> tuple[Path, Path | None]:
     return train, (val if val.is_dir() else None)
 
 
-def load_pixels(path: Path, size: int) -> np.ndarray:
-    """One image as the app sees it: ``decode_image`` then PIL bilinear resize to ``size``."""
-    from PIL import Image
+def _framing_text(spec: ModelSpec) -> str:
+    if spec.input.crop == "foreground":
+        return "the upload cropped to the square around its non-dark foreground, then bilinear resize"
+    if spec.input.crop == "foreground_box":
+        return "the upload cropped to the bounding box of its non-dark foreground, then bilinear resize to the square"
+    return "bilinear resize of the upload"
 
+
+def load_pixels(path: Path, size: int, crop: CropMode = "none") -> np.ndarray:
+    """One image as the app sees it: ``decode_image``, then the spec's framing (crop) and
+    PIL bilinear resize to ``size`` (``inference.framing.frame_image``)."""
+    from inference.framing import frame_image
     from inference.imaging import decode_image
 
     pixels = decode_image(Path(path).read_bytes(), filename=Path(path).name).pixels
-    img = Image.fromarray(pixels)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return frame_image(pixels, size, crop)[0]
 
 
-def load_images(paths: Sequence[Path], size: int, desc: str = "decode", workers: int = 2) -> np.ndarray:
-    """Decode and resize ``paths`` into one ``(N, size, size, 3)`` uint8 array."""
+def load_images(
+    paths: Sequence[Path], size: int, desc: str = "decode", workers: int = 2, crop: CropMode = "none"
+) -> np.ndarray:
+    """Decode and frame ``paths`` into one ``(N, size, size, 3)`` uint8 array."""
     from tqdm import tqdm
 
     out = np.empty((len(paths), size, size, 3), np.uint8)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, arr in enumerate(
-            tqdm(pool.map(lambda p: load_pixels(p, size), paths), total=len(paths), desc=desc, disable=None)
+            tqdm(pool.map(lambda p: load_pixels(p, size, crop), paths), total=len(paths), desc=desc, disable=None)
         ):
             out[i] = arr
     return out
@@ -479,7 +487,9 @@ def raw_outputs(backend: Any, images: np.ndarray, batch_size: int = 64) -> np.nd
     """Raw model outputs through the backend's own preprocess + forward (no explanation)."""
     outs = []
     for i in range(0, len(images), batch_size):
-        batch = backend.preprocess(list(images[i : i + batch_size]))
+        # the images are already framed (load_images), so only normalise: framing twice
+        # would crop a cropped image again
+        batch = backend.normalise(images[i : i + batch_size])
         raw, _ = backend.forward(batch, explain=False)
         outs.append(np.asarray(raw, np.float64))
     return np.concatenate(outs, axis=0)
@@ -669,8 +679,8 @@ def train_keras(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
         val_set.counts().tolist(),
     )
     t_load = time.perf_counter()
-    x_train = load_images(train_set.paths, size, "decode train")
-    x_val = load_images(val_set.paths, size, "decode val")
+    x_train = load_images(train_set.paths, size, "decode train", crop=spec.input.crop)
+    x_val = load_images(val_set.paths, size, "decode val", crop=spec.input.crop)
     log.info("decoded in %.1fs", time.perf_counter() - t_load)
     # options.select_best: false trains a fixed number of epochs and keeps the last weights: for a
     # val split too small to pick an epoch by (monkeypox: 26 photos), and the recipe CV scores.
@@ -774,7 +784,7 @@ def cross_validate(spec: ModelSpec, cfg: TrainConfig, folds: int) -> dict[str, A
             raise ValueError(f"{path.name} does not match the group pattern {group_re.pattern!r}")
         groups.append(m.group(1))
     is_original = np.array([bool(original_re.match(p.name)) for p in paths])
-    x_all = load_images(paths, size, "decode")
+    x_all = load_images(paths, size, "decode", crop=spec.input.crop)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     results: list[dict[str, Any]] = []
     base_out = cfg.out
@@ -884,7 +894,7 @@ def install(
         "card": {
             "architecture": _arch_text(arch, summary, spec.input.size),
             "input": (
-                f"RGB {spec.input.size}x{spec.input.size} px (bilinear resize of the upload), "
+                f"RGB {spec.input.size}x{spec.input.size} px ({_framing_text(spec)}), "
                 f"pixels x {spec.input.scale:.6g} + {spec.input.offset:g}."
             ),
             "training": (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from typing import Any
 
 import gradio as gr
@@ -65,3 +66,17 @@ def build_ui(runtime: Runtime, auth: AuthContext) -> gr.Blocks:
 
         demo.load(on_load, outputs=[user_bar, admin_tab], api_visibility="private")
     return demo
+
+
+def calm_gradio_queue(blocks: gr.Blocks, poll_ms: float) -> None:
+    """Make Gradio's queue poll every ``poll_ms`` when idle (progress updates every 10x that)
+    instead of every 1 ms (10 ms), which cost the REST and UI paths alike on a 2-core server
+    (``bench/bench_load.py``). Gradio has no public setting for it; if its internals change,
+    this logs and leaves the queue as it is."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or not hasattr(queue, "sleep_when_free"):
+        logging.getLogger(__name__).warning("Gradio's queue has no sleep_when_free; left at its default polling")
+        return
+    queue.sleep_when_free = poll_ms / 1e3
+    if hasattr(queue, "progress_update_sleep_when_free"):
+        queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, poll_ms * 10 / 1e3)

@@ -206,3 +206,18 @@ def test_ready_is_503_while_preloading_then_200(settings: Any) -> None:
         body = c.get("/api/ready").json()
         assert body["models"]["tumor"]["state"] == "ready"
         assert body["models"]["absent"]["state"] == "not_installed"
+
+
+def test_gradio_queue_polls_at_the_configured_rate(settings: Any) -> None:
+    """Gradio's idle queue polling (1 ms by default) is calmed to the setting, and the UI still
+    serves events (the browser tests run them end to end)."""
+    from gradio.routes import App
+
+    from app import create_app
+
+    app = create_app(settings.model_copy(update={"gradio_queue_poll_ms": 7.0}))
+    gradio_apps = [r.app for r in app.routes if isinstance(getattr(r, "app", None), App)]
+    assert gradio_apps, "the Gradio app is not mounted"
+    queue = gradio_apps[0].get_blocks()._queue
+    assert queue.sleep_when_free == pytest.approx(0.007)
+    assert queue.progress_update_sleep_when_free >= 0.07

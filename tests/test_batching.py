@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,49 @@ def test_an_error_reaches_every_waiter_and_the_batcher_survives() -> None:
         b.submit(np.zeros((1, 1, 3), np.uint8))
     batch, index, _ = b.submit(np.full((1, 1, 3), 5, np.uint8))
     assert batch.predictions[index].label == "5"
+    b.close()
+
+
+def test_adaptive_batcher_runs_a_lone_request_at_once() -> None:
+    b = MicroBatcher(_echo, max_batch=8, max_wait_ms=3000, adaptive=True)
+    t = time.perf_counter()
+    batch, index, waited = b.submit(np.full((1, 1, 3), 7, np.uint8))
+    assert batch.predictions[index].label == "7"
+    # nobody else announced itself, so the 3 s window is not waited out
+    assert time.perf_counter() - t < 1.5
+    assert waited < 1500
+    b.close()
+
+
+def test_adaptive_batcher_waits_for_announced_requests() -> None:
+    b = MicroBatcher(_echo, max_batch=8, max_wait_ms=3000, adaptive=True)
+    late = b.expect()
+    results: list[Any] = []
+    first = threading.Thread(target=lambda: results.append(b.submit(np.full((1, 1, 3), 1, np.uint8))))
+    first.start()
+    time.sleep(0.2)  # the second request is still "decoding"
+    with late:
+        second = late.submit(np.full((1, 1, 3), 2, np.uint8))
+    first.join()
+    assert len(second[0].predictions) == 2  # both went in one batch
+    assert results[0][0] is second[0]
+    assert b.batches == 1
+    b.close()
+
+
+def test_adaptive_batcher_stops_waiting_for_a_request_that_failed() -> None:
+    b = MicroBatcher(_echo, max_batch=8, max_wait_ms=5000, adaptive=True)
+    doomed = b.expect()
+    results: list[Any] = []
+    first = threading.Thread(target=lambda: results.append(b.submit(np.full((1, 1, 3), 1, np.uint8))))
+    t = time.perf_counter()
+    first.start()
+    time.sleep(0.1)
+    with pytest.raises(ValueError, match="corrupt"), doomed:
+        raise ValueError("corrupt image")  # the request dies before submitting
+    first.join()
+    assert time.perf_counter() - t < 3.0  # not the 5 s window
+    assert len(results[0][0].predictions) == 1
     b.close()
 
 

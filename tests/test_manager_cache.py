@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.backends.base import Backend, DevicePolicy
-from inference.cache import PredictionCache
+from inference.backends.base import Backend, DevicePolicy, Prediction
+from inference.cache import PredictionCache, decode_prediction, encode_prediction
 from inference.errors import ModelLoadFailed, ModelNotInstalled
 from inference.manager import ModelManager, ModelState, default_loaders
 from inference.registry import ModelSpec, Registry
@@ -185,3 +186,27 @@ def test_disabled_cache_always_misses(tiny_registry_file: Path, tiny_model_dir: 
     assert not an.analyze("xray", data).cached
     assert not an.analyze("xray", data).cached
     assert loader.forwards == 2
+
+
+def test_cached_explanations_round_trip_exactly_and_compactly() -> None:
+    heat = np.random.default_rng(3).random((64, 96)).astype(np.float32)
+    pred = Prediction("a", {"a": 0.75, "b": 0.25}, heat, "gradcam", {"k": 1})
+    raw = encode_prediction(pred)
+    back = decode_prediction(raw)
+    np.testing.assert_array_equal(back.explanation, heat)  # bit-exact float32, not rounded text
+    assert back.explanation is not None
+    assert back.explanation.dtype == np.float32
+    assert (back.label, back.probabilities, back.explanation_kind, back.extra) == (
+        "a",
+        pred.probabilities,
+        "gradcam",
+        {"k": 1},
+    )
+    assert len(raw) < heat.nbytes * 1.4  # base64 of the float32 bytes, not a JSON number list
+
+
+def test_cache_entries_in_the_earlier_list_format_still_decode() -> None:
+    raw = json.dumps({"label": "a", "probabilities": {"a": 1.0}, "explanation": [[0.0, 0.5], [1.0, 0.25]]})
+    back = decode_prediction(raw)
+    assert back.explanation is not None
+    np.testing.assert_array_equal(back.explanation, np.asarray([[0.0, 0.5], [1.0, 0.25]], np.float32))
