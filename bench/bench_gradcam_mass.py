@@ -14,6 +14,7 @@ Runs through the app's own path: decode_image -> registry spec -> KerasImageBack
     python bench/bench_gradcam_mass.py [--data ../shared/datasets/brain_mri/val] [--limit 0]
         [--layer NAME]      explain another layer than the spec's gradcam_layer
         [--weights FILE]    a candidate .keras file instead of the installed one
+        [--registry FILE]   take the spec (e.g. a candidate's input.crop) from another registry
         [--legacy-mask]     the previous mask (bright pixels, largest component, holes filled)
 """
 
@@ -91,6 +92,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--layer", default=None, help="explain this layer instead of the spec's gradcam_layer")
     ap.add_argument("--weights", type=Path, default=None, help="a .keras file to use instead of the installed one")
+    ap.add_argument(
+        "--registry", type=Path, default=REPO / "assets" / "models.yaml", help="registry with the spec to use"
+    )
     ap.add_argument("--legacy-mask", action="store_true", help="use the previous (bright-pixel) head mask")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -103,7 +107,7 @@ def main() -> None:
     from inference.overlay import resize_map
     from inference.registry import Head, Registry
 
-    reg = Registry.from_yaml(REPO / "assets" / "models.yaml")
+    reg = Registry.from_yaml(args.registry)
     loaded = (
         KerasImageBackend.load(reg[args.model], args.weights, "cpu")
         if args.weights is not None

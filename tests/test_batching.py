@@ -94,12 +94,17 @@ def test_adaptive_batcher_runs_a_lone_request_at_once() -> None:
     b.close()
 
 
+def _submit_in_background(b: MicroBatcher, value: int) -> tuple[threading.Thread, list[Any]]:
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(b.submit(np.full((1, 1, 3), value, np.uint8))))
+    thread.start()
+    return thread, results
+
+
 def test_adaptive_batcher_waits_for_announced_requests() -> None:
     b = MicroBatcher(_echo, max_batch=8, max_wait_ms=3000, adaptive=True)
     late = b.expect()
-    results: list[Any] = []
-    first = threading.Thread(target=lambda: results.append(b.submit(np.full((1, 1, 3), 1, np.uint8))))
-    first.start()
+    first, results = _submit_in_background(b, 1)
     time.sleep(0.2)  # the second request is still "decoding"
     with late:
         second = late.submit(np.full((1, 1, 3), 2, np.uint8))
@@ -113,10 +118,8 @@ def test_adaptive_batcher_waits_for_announced_requests() -> None:
 def test_adaptive_batcher_stops_waiting_for_a_request_that_failed() -> None:
     b = MicroBatcher(_echo, max_batch=8, max_wait_ms=5000, adaptive=True)
     doomed = b.expect()
-    results: list[Any] = []
-    first = threading.Thread(target=lambda: results.append(b.submit(np.full((1, 1, 3), 1, np.uint8))))
     t = time.perf_counter()
-    first.start()
+    first, results = _submit_in_background(b, 1)
     time.sleep(0.1)
     with pytest.raises(ValueError, match="corrupt"), doomed:
         raise ValueError("corrupt image")  # the request dies before submitting
