@@ -216,7 +216,8 @@ def test_gradio_queue_polls_at_the_configured_rate(settings: Any) -> None:
     from app import create_app
 
     app = create_app(settings.model_copy(update={"gradio_queue_poll_ms": 7.0}))
-    gradio_apps = [r.app for r in app.routes if isinstance(getattr(r, "app", None), App)]
+    mounted = [getattr(r, "app", None) for r in app.routes]
+    gradio_apps = [a for a in mounted if isinstance(a, App)]
     assert gradio_apps, "the Gradio app is not mounted"
     queue = gradio_apps[0].get_blocks()._queue
     assert queue.sleep_when_free == pytest.approx(0.007)

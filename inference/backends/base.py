@@ -82,14 +82,22 @@ class Backend(ABC):
         """Release what the model holds."""
         return None
 
+    def _prepare(self, images: Sequence[np.ndarray]) -> tuple[Any, Any]:
+        """``preprocess`` plus whatever :meth:`_finish` needs per image (default: nothing)."""
+        return self.preprocess(images), None
+
+    def _finish(self, preds: list[Prediction], context: Any) -> list[Prediction]:
+        """Adjust predictions with :meth:`_prepare`'s context (e.g. place heatmaps back)."""
+        return preds
+
     def predict(self, images: Sequence[np.ndarray], explain: bool = True) -> BatchOutput:
         """preprocess -> forward -> postprocess, timed per stage."""
         t0 = time.perf_counter()
-        batch = self.preprocess(images)
+        batch, context = self._prepare(images)
         t1 = time.perf_counter()
         raw, expl = self.forward(batch, explain)
         t2 = time.perf_counter()
-        preds = self.postprocess(raw, expl)
+        preds = self._finish(self.postprocess(raw, expl), context)
         t3 = time.perf_counter()
         timing = {
             "preprocess": (t1 - t0) * 1e3,

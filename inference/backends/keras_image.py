@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from inference.backends.base import Backend, BatchOutput, DevicePolicy, Prediction
+from inference.backends.base import Backend, DevicePolicy, Prediction
 from inference.errors import ModelLoadFailed
 from inference.framing import Framing, frame_image, place_map
 from inference.heads import labelled
@@ -125,22 +124,16 @@ class KerasImageBackend(Backend):
             return self.explainer.forward_explain(batch)
         return self.explainer.forward(batch), None
 
-    def predict(self, images: Sequence[np.ndarray], explain: bool = True) -> BatchOutput:
-        """The base template, plus putting each heatmap back on its whole image's frame."""
-        t0 = time.perf_counter()
+    def _prepare(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Framing]]:
         framed, framings = self.frame(images)
-        batch = self.normalise(framed)
-        t1 = time.perf_counter()
-        raw, expl = self.forward(batch, explain)
-        t2 = time.perf_counter()
-        preds = self.postprocess(raw, expl)
-        for pred, framing in zip(preds, framings, strict=True):
+        return self.normalise(framed), framings
+
+    def _finish(self, preds: list[Prediction], context: list[Framing]) -> list[Prediction]:
+        # heatmaps over the model's input go back onto each whole image's frame
+        for pred, framing in zip(preds, context, strict=True):
             if pred.explanation is not None:
                 pred.explanation = place_map(pred.explanation, framing)
-        t3 = time.perf_counter()
-        return BatchOutput(
-            preds, {"preprocess": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
-        )
+        return preds
 
     def postprocess(self, raw: np.ndarray, explanations: np.ndarray | None) -> list[Prediction]:
         return [
