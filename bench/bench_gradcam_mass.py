@@ -133,6 +133,7 @@ def main() -> None:
     chance: list[float] = []
     chance_seen: list[float] = []
     classes: list[str] = []
+    empty: list[str] = []
     grid = None
     for start in range(0, len(files), args.batch):
         chunk = files[start : start + args.batch]
@@ -144,7 +145,8 @@ def main() -> None:
             h, w = pixels.shape[:2]
             mask = mask_fn(pixels)
             frac = inside_fraction(resize_map(pred.explanation, (w, h)), mask)
-            if frac is None:
+            if frac is None:  # an all-zero map: no mass anywhere, counted apart
+                empty.append(cls_name)
                 continue
             fractions.append(frac)
             chance.append(float(mask.mean()))
@@ -160,6 +162,9 @@ def main() -> None:
     print(f"\n{args.model}: Grad-CAM on {layer!r}, map {grid} on the image frame, {len(arr)} images from {args.data}")
     mask_name = "legacy (bright pixels)" if args.legacy_mask else "head = not joined to the frame by dark pixels"
     print(f"mask: {mask_name}")
+    if empty:
+        per = ", ".join(f"{c} {empty.count(c)}" for c in sorted(set(empty)))
+        print(f"empty maps (no positive evidence at the layer; left out below): {len(empty)} ({per})")
     print(_summary("heatmap mass inside the head", arr))
     print(_summary("uniform map (chance: head share of the frame)", ref))
     if backend.spec.input.crop != "none":

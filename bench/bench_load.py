@@ -261,7 +261,9 @@ def serve_and_measure(
         wait_http(url + "/api/ready", 600)
         res["cold_ready_s"] = time.perf_counter() - t0
         if not args.only_throughput:
-            first = rest_latencies(url, [png(10_000, args.size)])[0]
+            first_stages: dict[str, list[float]] = {}
+            first = rest_latencies(url, [png(10_000, args.size)], first_stages)[0]
+            res["first_analysis_server_stages_ms"] = {k: v[0] for k, v in first_stages.items()}
             stages: dict[str, list[float]] = {}
             warm = rest_latencies(url, [png(10_001 + i, args.size) for i in range(n)], stages)
             res["rest_server_stages_p50_ms"] = {k: pct(v, 50) for k, v in stages.items()}
@@ -380,6 +382,11 @@ def report(res: dict[str, Any], size: int) -> None:
     print(f"{'measurement':45s} {'value':>12s} {'x raw fused':>12s}")
     for label, value, ratio in rows:
         print(f"{label:45s} {value:>12s} {ratio:>12s}")
+    if "first_analysis_server_stages_ms" in res:
+        print(
+            "first analysis, inside the server (ms): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in res["first_analysis_server_stages_ms"].items() if k != "batch_size")
+        )
     if "rest_server_stages_p50_ms" in res:
         print(
             "\nREST, inside the server (p50 ms): "
@@ -389,6 +396,15 @@ def report(res: dict[str, Any], size: int) -> None:
     for c in LEVELS:
         on, off = res["throughput_batching_on"][c], res["throughput_batching_off"][c]
         print(f"{c:8d} {on:18.2f} {off:10.2f} {on / off:7.2f}")
+    if "fused_batch8_per_image_ms" in res:
+        # What batching can buy at most on this CPU: the model's own batch-1 cost over its
+        # per-image cost in a batch of 8 (requests, HTTP and decoding excluded).
+        ceiling = base / res["fused_batch8_per_image_ms"]
+        achieved = res["throughput_batching_on"][8] / res["throughput_batching_off"][8]
+        print(
+            f"batching ceiling (raw fused batch 1 / batch 8 per image): {ceiling:.2f}x; "
+            f"at 8 clients on/off {achieved:.2f}x"
+        )
     if "first_analysis_ms" not in res:  # --only-throughput
         return
     print(f"\ncold start: /api/health {res['cold_health_s']:.1f} s, /api/ready (preloaded) {res['cold_ready_s']:.1f} s")

@@ -146,3 +146,21 @@ def place_map(cam: np.ndarray, framing: Framing, grid: int = PLACED_GRID) -> np.
     if dx1 > dx0 and dy1 > dy0:
         out[t0 + dy0 : t0 + dy1, l0 + dx0 : l0 + dx1] = patch_arr[dy0:dy1, dx0:dx1]
     return out
+
+
+def background_mask(pixels: np.ndarray, threshold: int = FOREGROUND_THRESHOLD) -> np.ndarray:
+    """Boolean ``(H, W)`` mask of the background: dark pixels joined to the image's border.
+
+    Dark regions enclosed by the foreground (ventricles, a dark lesion) are not background.
+    Training uses it to randomise what lies outside the head (``options.background_noise``).
+    """
+    import cv2  # deferred: only models that use it need OpenCV
+
+    grey = pixels.max(axis=2) if pixels.ndim == 3 else pixels
+    dark = (grey <= threshold).astype(np.uint8)
+    n, labels = cv2.connectedComponents(dark, connectivity=4)
+    if n <= 1:
+        return np.zeros(grey.shape, bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    border = border[border > 0]
+    return np.isin(labels, border)

@@ -100,6 +100,43 @@ def gradcam_weights(activations: Tensor, grads: Tensor) -> Tensor:
     return tf.reduce_mean(grads, axis=(1, 2))
 
 
+def _output_activation(model: keras.Model) -> tuple[keras.layers.Layer | None, str | None]:
+    """The model's last layer and its output activation ("softmax" or "sigmoid") when that
+    layer applies one itself (``Dense(..., activation="softmax")``), else ``(None, None)``."""
+    last = model.layers[-1] if model.layers else None
+    fn = getattr(last, "activation", None)
+    name = getattr(fn, "__name__", None)
+    if last is None or name not in ("softmax", "sigmoid"):
+        return None, None
+    return last, name
+
+
+@contextmanager
+def linear_output(layer: keras.layers.Layer | None) -> Iterator[None]:
+    """While tracing, make ``layer`` return its pre-activation logits; restored on exit."""
+    if layer is None:
+        yield
+        return
+    original = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield
+    finally:
+        layer.activation = original
+
+
+def _logit_log_odds(logits: Tensor, activation: str) -> Tensor:
+    # Log-odds straight from the logits: exact however confident the model is. Recovering
+    # them from probabilities fails once a probability rounds to 1.0 in float32 (a logit
+    # margin above ~17): the clip's gradient is then zero and the map comes out empty.
+    if activation == "sigmoid":
+        return logits
+    n = tf.shape(logits)[-1]
+    eye = tf.eye(n, dtype=logits.dtype)
+    others = logits[:, None, :] + eye[None] * tf.constant(-1e9, logits.dtype)  # row c: all but c
+    return logits - tf.reduce_logsumexp(others, axis=-1)
+
+
 def _log_odds(probs: Tensor) -> Tensor:
     # For sigmoid outputs log-odds are the logits. For softmax outputs the log-odds of class c
     # are z_c - log(sum_{j != c} exp z_j): evidence for c against the others. Either way we
@@ -138,6 +175,8 @@ class FusedExplainer:
         self._fused = tf.function(self._fused_impl, input_signature=sig, reduce_retracing=True)
         self._fused_concrete: Any = None
         self._forward_concrete: Any = None
+        # Explain from the logits when the model's last layer applies softmax/sigmoid itself.
+        self._out_layer, self._out_activation = _output_activation(model)
 
     @property
     def layer_name(self) -> str:
@@ -151,11 +190,15 @@ class FusedExplainer:
         assert hook is not None, "fused function traced without its hook"
         with tf.GradientTape() as tape:
             hook.tape = tape
-            probs = self.model(x, training=False)
+            out = self.model(x, training=False)
             feats = hook.output
             if feats is None:
                 raise ModelLoadFailed(f"layer {self.layer.name!r} did not run in the forward pass")
-            logits = _log_odds(probs)
+            if self._out_activation is None:
+                probs, logits = out, _log_odds(out)
+            else:  # traced under linear_output: ``out`` holds the logits
+                act = tf.nn.softmax if self._out_activation == "softmax" else tf.sigmoid
+                probs, logits = act(out), _logit_log_odds(out, self._out_activation)
             if self.single_sigmoid:
                 # Explain the predicted side: evidence for class 1 when p >= 0.5, else against it.
                 sign = tf.where(probs[:, 0] >= 0.5, 1.0, -1.0)
@@ -181,7 +224,7 @@ class FusedExplainer:
         """Trace both functions now (at load time), not in a user's request."""
         with self._trace_lock:
             self._forward_concrete = self._forward.get_concrete_function()
-            with attach_hook(self.layer) as hook:
+            with attach_hook(self.layer) as hook, linear_output(self._out_layer):
                 self._hook = hook
                 try:
                     self._fused_concrete = self._fused.get_concrete_function()

@@ -107,6 +107,8 @@ class Analyzer:
         return result
 
     def _batcher(self, model_id: str, explain: bool) -> MicroBatcher:
+        # Callers pass a registry spec's id, so there are at most 2 x (image models) batchers,
+        # each one idle thread; they live as long as the Analyzer (closed in close()).
         key = (model_id, explain)
         batcher = self._batchers.get(key)  # lock-free on the hot path once created
         if batcher is None:

@@ -169,6 +169,37 @@ def test_cam_is_zero_where_class_evidence_is_absent_and_has_no_floor() -> None:
         np.testing.assert_allclose(alone[0], cams[i], atol=1e-6)
 
 
+def test_a_saturated_prediction_still_gets_its_map() -> None:
+    """A confident model whose probability rounds to 1.0 in float32 (logit margin ~ 200)
+    still gets its heatmap: the log-odds come from the logits, not from the clipped
+    probability (whose gradient is zero there, which used to leave the map empty)."""
+    model = _evidence_model()
+    head = model.get_layer("head")
+    head.set_weights([w * 50.0 for w in head.get_weights()])
+    x = np.zeros((1, TINY, TINY, 3), np.float32)
+    x[0, 4:12, 4:12, 0] = 1.0
+    probs, cams = explainer(model).forward_explain(x)
+    assert probs[0, 0] == 1.0  # saturated in float32
+    red = np.zeros((TINY, TINY), bool)
+    red[4:12, 4:12] = True
+    np.testing.assert_allclose(cams[0][red], 1.0, atol=1e-5)
+    assert (cams[0][~red] == 0).all()
+    # the compiled forward still applies the softmax: the swap to logits is scoped to the trace
+    np.testing.assert_allclose(explainer(model).forward(x), probs, atol=1e-6)
+    assert head.activation.__name__ == "softmax"
+
+
+def test_logit_log_odds_match_probability_log_odds() -> None:
+    import tensorflow as tf
+
+    from inference.gradcam import _log_odds, _logit_log_odds
+
+    z = tf.constant([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]])
+    from_probs = _log_odds(tf.nn.softmax(z)).numpy()
+    np.testing.assert_allclose(_logit_log_odds(z, "softmax").numpy(), from_probs, atol=1e-5)
+    np.testing.assert_allclose(_logit_log_odds(z, "sigmoid").numpy(), _log_odds(tf.sigmoid(z)).numpy(), atol=1e-5)
+
+
 def test_upsampling_is_centred_and_does_not_spread_beyond_a_cell() -> None:
     # The overlay (and the mass bench) upsample with half-pixel centres: a single hot cell
     # of a 12x12 map lands centred on its own 16x16 block of a 192 px image, and the

@@ -224,6 +224,80 @@ def test_augmentations_keep_shape_and_range(kind: str) -> None:
     assert arr.max() <= 255.0 + 1e-3
 
 
+def test_single_pass_affine_moves_content_within_the_mild_mri_range() -> None:
+    """The MRI/X-ray affine is one resampling pass: a bright square's centre moves by at most
+    the allowed shift plus what rotation and zoom about the image centre can add, it keeps
+    (roughly) its area, and the fill outside the image is black."""
+    import tensorflow as tf
+
+    from inference.train import make_augment
+
+    size = 64
+    _, batch_fn = make_augment("mri", size, seed=5)
+    x = np.zeros((32, size, size, 3), np.float32)
+    x[:, 24:40, 24:40] = 255.0  # a 16 px square at the centre
+    out = np.asarray(batch_fn(tf.constant(x)))
+    centres = []
+    for img in out:
+        yy, xx = np.nonzero(img[..., 0] > 127)
+        centres.append((xx.mean(), yy.mean()))
+        area = len(xx)
+        assert 256 * (1 - 0.08) ** 2 * 0.85 <= area <= 256 * (1 + 0.08) ** 2 * 1.15
+    c = np.asarray(centres) - (size - 1) / 2
+    assert np.abs(c).max() <= 0.05 * size + 1.0  # shift only: the square sits at the centre
+    assert np.abs(c).std() > 0.3  # and the batch is not all the same transform
+    assert out[:, 0, 0].max() == 0.0  # corners stay black (constant fill)
+
+
+def test_mri_hflip_mirrors_some_images_and_only_left_right() -> None:
+    import tensorflow as tf
+
+    from inference.train import make_augment
+
+    x = np.zeros((16, 16, 3), np.float32)
+    x[2:6, 1:4] = 200.0  # top-left blob
+    sample_fn, _ = make_augment("mri", 16, seed=1, hflip=True)
+    outs = [np.asarray(sample_fn(tf.constant(x))) for _ in range(40)]
+    left = sum(o[2:6, 1:4].mean() > o[2:6, 12:15].mean() for o in outs)
+    assert 5 < left < 35  # both orientations occur
+    assert all(o[10:].max() < 50.0 for o in outs)  # never mirrored top-bottom (contrast lifts the black a little)
+    plain, _ = make_augment("mri", 16, seed=1)
+    assert all(np.asarray(plain(tf.constant(x)))[2:6, 1:4].mean() > 0 for _ in range(10))
+
+
+def test_background_noise_only_touches_the_background() -> None:
+    from inference.framing import background_mask
+    from inference.registry import ModelSpec
+    from inference.train import TrainConfig, _dataset, with_background_mask
+    from tests.conftest import _spec
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[8:24, 8:24] = 150
+    img[14:18, 14:18] = 0  # a dark hole inside the "head" is not background
+    mask = background_mask(img)
+    assert mask[0, 0]
+    assert mask[31, 31]
+    assert not mask[16, 16]  # enclosed
+    assert not mask[10, 10]
+    assert mask.sum() == 32 * 32 - 16 * 16
+
+    entry = _spec("bg", "softmax", ["a", "b"], "bg.keras")
+    entry["input"]["size"] = 32
+    spec = ModelSpec.model_validate({**entry, "options": {"augment": "none", "background_noise": 1.0}})
+    images = with_background_mask(np.repeat(img[None], 8, axis=0))
+    assert images.shape == (8, 32, 32, 4)
+    cfg = TrainConfig(data=Path("."), out=Path("."), batch_size=8)
+    ds = _dataset(images, np.zeros(8, np.int32), None, spec, cfg, train=True)
+    batch = np.asarray(next(iter(ds))[0]) / spec.input.scale
+    assert batch.shape == (8, 32, 32, 3)
+    np.testing.assert_allclose(batch[:, ~mask], np.broadcast_to(img[~mask], batch[:, ~mask].shape), atol=1e-3)
+    assert batch[:, mask].std() > 0  # the background was replaced by noise
+    # without the option (or at evaluation) the fourth channel is dropped and nothing changes
+    plain = _dataset(images, np.zeros(8, np.int32), None, spec, cfg, train=False)
+    unchanged = np.asarray(next(iter(plain))[0]) / spec.input.scale
+    np.testing.assert_allclose(unchanged, np.repeat(img[None], 8, 0), atol=1e-3)
+
+
 def test_learning_rate_schedule() -> None:
     from inference.train import lr_at
 
