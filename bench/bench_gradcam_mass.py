@@ -33,6 +33,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inference.framing import joined_to_border  # after the path insert
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench")
 
@@ -56,10 +58,7 @@ def head_mask(pixels: np.ndarray, threshold: int = 20, min_size: float = 0.002) 
         keep = np.concatenate([[False], sizes >= min_size * bright.size])
         bright = keep[labels]
     bright = ndimage.binary_closing(bright, iterations=3, border_value=0)  # bridge thin dark gaps
-    dark, _ = ndimage.label(~bright)
-    frame = np.unique(np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]]))
-    background = np.isin(dark, frame[frame > 0])
-    return _largest_component(~background)
+    return _largest_component(~joined_to_border(~bright))
 
 
 def legacy_head_mask(pixels: np.ndarray, threshold: int = 20) -> np.ndarray:

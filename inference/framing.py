@@ -148,19 +148,22 @@ def place_map(cam: np.ndarray, framing: Framing, grid: int = PLACED_GRID) -> np.
     return out
 
 
+def joined_to_border(mask: np.ndarray) -> np.ndarray:
+    """The parts of a boolean mask joined to the image's border (4-connected)."""
+    import cv2  # deferred: only models that use it need OpenCV
+
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0])
+
+
 def background_mask(pixels: np.ndarray, threshold: int = FOREGROUND_THRESHOLD) -> np.ndarray:
     """Boolean ``(H, W)`` mask of the background: dark pixels joined to the image's border.
 
     Dark regions enclosed by the foreground (ventricles, a dark lesion) are not background.
     Training uses it to randomise what lies outside the head (``options.background_noise``).
     """
-    import cv2  # deferred: only models that use it need OpenCV
-
     grey = pixels.max(axis=2) if pixels.ndim == 3 else pixels
-    dark = (grey <= threshold).astype(np.uint8)
-    n, labels = cv2.connectedComponents(dark, connectivity=4)
-    if n <= 1:
-        return np.zeros(grey.shape, bool)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    border = border[border > 0]
-    return np.isin(labels, border)
+    return joined_to_border(grey <= threshold)

@@ -170,12 +170,11 @@ def augmentation_for(spec: ModelSpec) -> str:
     return "none"
 
 
-def make_augment(
-    kind: str, size: int, seed: int, hflip: bool = False
-) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+def make_augment(kind: str, size: int, hflip: bool = False) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """Per-sample and per-batch augmentation functions on float32 images in [0, 255].
 
-    Returns ``(sample_fn, batch_fn)``; either may be the identity. ``hflip`` adds random
+    Their random ops follow TensorFlow's global seed (``keras.utils.set_random_seed`` in
+    :func:`fit_keras`). Returns ``(sample_fn, batch_fn)``; either may be the identity. ``hflip`` adds random
     left-right mirroring to the MRI family (``options.hflip``): a mirrored axial or coronal
     brain slice is still a plausible brain, unlike a mirrored chest film (heart on the right).
     """
@@ -470,10 +469,12 @@ def _dataset(
     scale, offset = spec.input.scale, spec.input.offset
     size = images.shape[1]
     sample_fn, batch_fn = make_augment(
-        augmentation_for(spec) if train else "none", size, cfg.seed, hflip=bool(spec.options.get("hflip"))
+        augmentation_for(spec) if train else "none", size, hflip=bool(spec.options.get("hflip"))
     )
 
     noise_p = float(spec.options.get("background_noise", 0.0)) if train else 0.0
+    if noise_p > 0 and images.shape[-1] == 3:
+        images = with_background_mask(images)  # the mask travels as a fourth channel
 
     def prep(x: Any, *rest: Any) -> Any:
         x = tf.cast(x, tf.float32)
@@ -637,10 +638,8 @@ def fit_keras(
     balanced = bool(spec.options.get("balanced_sampling"))
     cw = class_weights(counts)
     sample_w = None if balanced else cw[train_labels].astype(np.float32)
-    # the training stream may carry a background-mask channel; BN re-estimation uses x_train
-    x_fit = with_background_mask(x_train) if float(spec.options.get("background_noise", 0.0)) > 0 else x_train
     train_ds = _dataset(
-        x_fit, targets_for(spec.head, train_labels, k), sample_w, spec, cfg, train=True, labels=train_labels
+        x_train, targets_for(spec.head, train_labels, k), sample_w, spec, cfg, train=True, labels=train_labels
     )
     val_ds = _dataset(x_val, targets_for(spec.head, val_labels, k), None, spec, cfg, train=False)
     steps = len(x_train) // cfg.batch_size
