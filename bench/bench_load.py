@@ -69,10 +69,13 @@ def jpeg(side: int) -> bytes:
     return buf.getvalue()
 
 
-async def throughput(url: str, clients: int, per_client: int, size: int, seed0: int) -> float:
+async def throughput(url: str, clients: int, per_client: int, size: int, seed0: int) -> tuple[float, float]:
     """Images per second with ``clients`` concurrent clients, each sending ``per_client``
-    distinct images one after another (bounded: clients * per_client requests in all)."""
+    distinct images one after another (bounded: clients * per_client requests in all), and
+    the mean batch size the server reported for those requests."""
     import httpx
+
+    sizes: list[float] = []
 
     async with httpx.AsyncClient(
         timeout=300, limits=httpx.Limits(max_connections=clients), headers=auth_headers(url)
@@ -85,10 +88,11 @@ async def throughput(url: str, clients: int, per_client: int, size: int, seed0: 
                     f"{url}/api/predict/bench", files={"file": ("x.png", data)}, params={"explain": "true"}
                 )
                 r.raise_for_status()
+                sizes.append(float(r.json().get("timing_breakdown_ms", {}).get("batch_size", 1.0)))
 
         t = time.perf_counter()
         await asyncio.gather(*(one(c) for c in range(clients)))
-        return clients * per_client / (time.perf_counter() - t)
+        return clients * per_client / (time.perf_counter() - t), float(np.mean(sizes))
 
 
 def rest_latencies(url: str, images: list[bytes], stages: dict[str, list[float]] | None = None) -> list[float]:
@@ -290,9 +294,9 @@ def serve_and_measure(
                 fresh.append(p)
             gh = gradio_http_latencies(url, fresh, "predict_bench", (0.45, True))
             res["gradio_http_p50_ms"], res["gradio_http_p95_ms"] = pct(gh, 50), pct(gh, 95)
-        res["throughput_batching_on"] = {
-            c: asyncio.run(throughput(url, c, max(3, 48 // c), args.size, 30_000 + c * 100_000)) for c in LEVELS
-        }
+        runs_on = {c: asyncio.run(throughput(url, c, max(3, 48 // c), args.size, 30_000 + c * 100_000)) for c in LEVELS}
+        res["throughput_batching_on"] = {c: r[0] for c, r in runs_on.items()}
+        res["mean_batch_size_on"] = {c: r[1] for c, r in runs_on.items()}
         res["rss_server_mb_one_model"] = rss_mb(proc.pid)
     finally:
         stop(proc)
@@ -303,9 +307,11 @@ def serve_and_measure(
     try:
         wait_http(url_off + "/api/ready", 600)
         rest_latencies(url_off, [png(1, args.size)])
-        res["throughput_batching_off"] = {
+        runs_off = {
             c: asyncio.run(throughput(url_off, c, max(3, 48 // c), args.size, 40_000 + c * 100_000)) for c in LEVELS
         }
+        res["throughput_batching_off"] = {c: r[0] for c, r in runs_off.items()}
+        res["mean_batch_size_off"] = {c: r[1] for c, r in runs_off.items()}
     finally:
         stop(proc)
 
@@ -392,10 +398,11 @@ def report(res: dict[str, Any], size: int) -> None:
             "\nREST, inside the server (p50 ms): "
             + ", ".join(f"{k} {v:.1f}" for k, v in res["rest_server_stages_p50_ms"].items() if k != "batch_size")
         )
-    print(f"\n{'clients':>8s} {'img/s batching on':>18s} {'img/s off':>10s} {'on/off':>7s}")
+    print(f"\n{'clients':>8s} {'img/s batching on':>18s} {'img/s off':>10s} {'on/off':>7s} {'mean batch (on)':>16s}")
     for c in LEVELS:
         on, off = res["throughput_batching_on"][c], res["throughput_batching_off"][c]
-        print(f"{c:8d} {on:18.2f} {off:10.2f} {on / off:7.2f}")
+        mean_batch = res.get("mean_batch_size_on", {}).get(c, float("nan"))
+        print(f"{c:8d} {on:18.2f} {off:10.2f} {on / off:7.2f} {mean_batch:16.2f}")
     if "fused_batch8_per_image_ms" in res:
         # What batching can buy at most on this CPU: the model's own batch-1 cost over its
         # per-image cost in a batch of 8 (requests, HTTP and decoding excluded).

@@ -705,6 +705,17 @@ def test_to_png_bytes_accepts_non_contiguous_views() -> None:
         np.testing.assert_array_equal(np.asarray(image), view)
 
 
+def test_to_png_bytes_still_compresses_smooth_images() -> None:
+    # The fast settings (Huffman-only deflate) must still shrink a smooth image a lot: the
+    # Paeth filter turns gradients into runs of small residuals.
+    y, x = np.mgrid[0:224, 0:224]
+    smooth = np.dstack([x, y, (x + y) // 2]).astype(np.uint8)
+    data = to_png_bytes(smooth)
+    assert len(data) < smooth.nbytes / 4
+    with Image.open(io.BytesIO(data)) as image:
+        np.testing.assert_array_equal(np.asarray(image), smooth)
+
+
 def test_to_png_bytes_round_trips_through_decode_image() -> None:
     source = _pattern()
     np.testing.assert_array_equal(decode_image(to_png_bytes(source)).pixels, source)
