@@ -11,10 +11,14 @@ saved ``.keras`` files load with ``safe_mode=True``.
   images/s at 192 px). Its last feature map, ``gradcam_features``, is ``size / 16`` wide
   (12x12 at 192 px, 256 channels) and is the layer Grad-CAM explains.
 * ``densenet201``: the original lung/colon head (DenseNet201 -> GAP -> Dense 256 ->
-  Dropout 0.5 -> Dense). ``weights=None``: no ImageNet download happens here; it is meant
-  for users with a GPU and their own pretrained weights.
+  Dropout 0.5 -> Dense). Nothing is downloaded: the backbone starts random unless
+  ``options.backbone_weights`` (or ``python -m inference.train --backbone-weights FILE``)
+  names a local file of pretrained DenseNet201 weights without the top, such as Keras'
+  ``densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5``; it is meant for users with a
+  GPU and their own copy of ImageNet weights.
 * ``densenet201_cut``: the original monkeypox head (DenseNet201 cut at
-  ``conv5_block16_0_bn`` -> Flatten -> Dense 256 -> Dropout 0.2 -> Dense).
+  ``conv5_block16_0_bn`` -> Flatten -> Dense 256 -> Dropout 0.2 -> Dense); same
+  ``backbone_weights`` option.
 * ``brain_cnn``: the original brain tumour Sequential CNN (Conv64 -> Conv512 -> Conv256 ->
   Conv128 with max-pooling, Dense 256 -> 128 -> out).
 * ``small_cnn``: a plain four-block CNN in the spirit of the original chest X-ray model.
@@ -23,6 +27,7 @@ saved ``.keras`` files load with ``safe_mode=True``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from inference.registry import Head, ModelSpec
@@ -90,11 +95,38 @@ def _compact_resnet(size: int, channels: int, n_out: int, activation: str, opts:
     return keras.Model(inp, out, name="compact_resnet")
 
 
+def backbone_weights(opts: dict[str, Any]) -> str | None:
+    """The local pretrained-backbone file named by ``opts["backbone_weights"]``, or None.
+
+    Only an existing file is accepted (never ``"imagenet"``, which would make Keras
+    download), so a typo fails here with the path rather than deep inside Keras.
+    """
+    value = opts.get("backbone_weights")
+    if value is None or value == "":
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"backbone weights {str(value)!r} is not a file: give the path of a local DenseNet201 "
+            "weights file without the top (for example densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5); "
+            "nothing is downloaded"
+        )
+    return str(path)
+
+
+def _densenet201_base(size: int, channels: int, opts: dict[str, Any]) -> Any:
+    import keras
+
+    return keras.applications.DenseNet201(
+        include_top=False, weights=backbone_weights(opts), input_shape=(size, size, channels)
+    )
+
+
 def _densenet201(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
     import keras
     from keras import layers
 
-    base = keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(size, size, channels))
+    base = _densenet201_base(size, channels, opts)
     x = layers.GlobalAveragePooling2D(name="gap")(base.output)
     x = layers.Dense(256, activation="relu", name="fc256")(x)
     x = layers.Dropout(float(opts.get("dropout", 0.5)), name="dropout")(x)
@@ -106,7 +138,7 @@ def _densenet201_cut(size: int, channels: int, n_out: int, activation: str, opts
     import keras
     from keras import layers
 
-    base = keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(size, size, channels))
+    base = _densenet201_base(size, channels, opts)
     cut = base.get_layer("conv5_block16_0_bn").output
     x = layers.Flatten(name="flatten")(cut)
     x = layers.Dense(256, activation="relu", name="fc256")(x)
@@ -166,17 +198,22 @@ DEFAULT_GRADCAM_LAYER: dict[str, str | None] = {
 }
 
 
+PRETRAINABLE = frozenset({"densenet201", "densenet201_cut"})  # accept options.backbone_weights
+
+
 def build_model(spec: ModelSpec, architecture: str | None = None, size: int | None = None) -> Any:
     """Build the Keras model for ``spec`` (uncompiled, random weights).
 
     ``architecture`` defaults to ``spec.options["architecture"]`` and then ``compact_resnet``;
     ``size`` defaults to ``spec.input.size``. Extra ``spec.options`` (``width``, ``dropout``,
-    ``l2``) are passed to the builder.
+    ``l2``, ``backbone_weights``) are passed to the builder.
     """
     name = architecture or str(spec.options.get("architecture", "compact_resnet"))
     try:
         builder = ARCHITECTURES[name]
     except KeyError:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
+    if spec.options.get("backbone_weights") and name not in PRETRAINABLE:
+        raise ValueError(f"backbone weights apply to {sorted(PRETRAINABLE)}, not to {name!r}")
     side = size or spec.input.size
     return builder(side, spec.input.channels, spec.n_outputs, head_activation(spec.head), dict(spec.options))

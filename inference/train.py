@@ -347,6 +347,7 @@ class TrainConfig:
     seed: int = 1337
     size: int | None = None
     architecture: str | None = None
+    backbone_weights: Path | None = None  # local pretrained DenseNet201 weights (no download)
     monitor: str = "val_loss"
     max_minutes: float | None = None
     limit_per_class: int | None = None
@@ -1070,6 +1071,8 @@ def train_palm(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
 def train(model_id: str, cfg: TrainConfig, cv_folds: int | None = None) -> dict[str, Any]:
     """Train ``model_id`` of the registry at ``cfg.registry`` with ``cfg`` (or cross-validate it)."""
     spec = Registry.from_yaml(cfg.registry)[model_id]
+    if cfg.backbone_weights is not None:  # for this run only: install does not write it to the registry
+        spec = spec.model_copy(update={"options": {**spec.options, "backbone_weights": str(cfg.backbone_weights)}})
     if cv_folds:
         if spec.backend != "keras_image":
             raise ValueError("--cv is implemented for Keras image models")
@@ -1095,6 +1098,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, TrainConfig, int
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--size", type=int, default=None, help="input size (default: options.train_size or input.size)")
     p.add_argument("--architecture", default=None)
+    p.add_argument(
+        "--backbone-weights",
+        type=Path,
+        default=None,
+        help="local pretrained DenseNet201 weights without the top, for densenet201 / densenet201_cut "
+        "(nothing is downloaded)",
+    )
     p.add_argument("--monitor", default="val_loss", help="val_loss or val_acc")
     p.add_argument("--max-minutes", type=float, default=None, help="stop before an epoch would pass this")
     p.add_argument("--limit-per-class", type=int, default=None, help="use only the first N files per class")
@@ -1120,6 +1130,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, TrainConfig, int
         seed=a.seed,
         size=a.size,
         architecture=a.architecture,
+        backbone_weights=a.backbone_weights,
         monitor=a.monitor,
         max_minutes=a.max_minutes,
         limit_per_class=a.limit_per_class,

@@ -448,6 +448,31 @@ def test_evaluate_runs_through_decode_image_and_backend_predict(
     assert probs.tolist() == [[0.75, 0.25]] * 5  # in the spec's class order
 
 
+def test_densenet_backbone_weights_come_from_a_local_file_only(tmp_path: Path, toy_registry: Path) -> None:
+    import keras
+
+    from inference.architectures import build_model
+    from inference.train import parse_args
+
+    base = keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(32, 32, 3))
+    saved = tmp_path / "densenet201_notop.weights.h5"
+    base.save_weights(saved)
+    toy = Registry.from_yaml(toy_registry)["toy_xray"]
+    spec = toy.model_copy(update={"options": {"architecture": "densenet201_cut", "backbone_weights": str(saved)}})
+
+    model = build_model(spec, size=32)
+
+    conv = next(layer for layer in base.layers if layer.get_weights())
+    np.testing.assert_array_equal(model.get_layer(conv.name).get_weights()[0], conv.get_weights()[0])
+    missing = spec.model_copy(update={"options": {**spec.options, "backbone_weights": str(tmp_path / "nope.h5")}})
+    with pytest.raises(ValueError, match="is not a file"):
+        build_model(missing, size=32)
+    with pytest.raises(ValueError, match="backbone weights apply to"):
+        build_model(spec, "compact_resnet", 32)
+    _, cfg, _ = parse_args(["monkeypox", "--data", "d", "--backbone-weights", str(saved)])
+    assert cfg.backbone_weights == saved
+
+
 @pytest.mark.slow
 def test_patient_grouped_cross_validation(tmp_path: Path, toy_registry: Path) -> None:
     from inference import train
