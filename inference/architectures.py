@@ -202,7 +202,8 @@ PRETRAINABLE = frozenset({"densenet201", "densenet201_cut"})  # accept options.b
 
 
 def build_model(spec: ModelSpec, architecture: str | None = None, size: int | None = None) -> Any:
-    """Build the Keras model for ``spec`` (uncompiled, random weights).
+    """Build the Keras model for ``spec`` (uncompiled; random weights, except a DenseNet201
+    backbone named by ``options.backbone_weights``).
 
     ``architecture`` defaults to ``spec.options["architecture"]`` and then ``compact_resnet``;
     ``size`` defaults to ``spec.input.size``. Extra ``spec.options`` (``width``, ``dropout``,

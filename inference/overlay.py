@@ -43,8 +43,8 @@ def overlay_heatmap(pixels: np.ndarray, cam: np.ndarray, opacity: float = 0.45, 
     # pixel * (1 - alpha) + colour * alpha (+ 0.5 to round) is one multiply by a looked-up
     # factor and one add of a looked-up term: 1.45x faster than blending per pixel.
     alpha = float(np.clip(opacity, 0.0, 1.0)) * (0.25 + 0.75 * np.arange(256, dtype=np.float32) / 255.0)
-    keep = (1.0 - alpha).astype(np.float32)
-    add = (colormap_lut(colormap).astype(np.float32) * alpha[:, None] + 0.5).astype(np.float32)
+    keep = 1.0 - alpha
+    add = colormap_lut(colormap).astype(np.float32) * alpha[:, None] + 0.5
     out = pixels * keep[idx][..., None]
     out += add[idx]
     return np.minimum(out, 255.0, out=out).astype(np.uint8)

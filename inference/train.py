@@ -173,9 +173,9 @@ def augmentation_for(spec: ModelSpec) -> str:
 def make_augment(kind: str, size: int, hflip: bool = False) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """Per-sample and per-batch augmentation functions on float32 images in [0, 255].
 
-    Their random ops follow TensorFlow's global seed (``keras.utils.set_random_seed`` in
-    :func:`fit_keras`). Returns ``(sample_fn, batch_fn)``; either may be the identity. ``hflip`` adds random
-    left-right mirroring to the MRI family (``options.hflip``): a mirrored axial or coronal
+    Returns ``(sample_fn, batch_fn)``; either may be the identity. Their random ops follow
+    TensorFlow's global seed (``keras.utils.set_random_seed`` in :func:`fit_keras`). ``hflip``
+    adds random left-right mirroring to the MRI family (``options.hflip``): a mirrored axial or coronal
     brain slice is still a plausible brain, unlike a mirrored chest film (heart on the right).
     """
     import tensorflow as tf
