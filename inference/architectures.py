@@ -27,12 +27,13 @@ saved ``.keras`` files load with ``safe_mode=True``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inference.registry import Head, ModelSpec
 
-__all__ = ["ARCHITECTURES", "GRADCAM_LAYER", "build_model", "head_activation"]
+__all__ = ["ARCHITECTURES", "GRADCAM_LAYER", "Architecture", "build_model", "head_activation"]
 
 GRADCAM_LAYER = "gradcam_features"
 
@@ -91,7 +92,9 @@ def _compact_resnet(size: int, channels: int, n_out: int, activation: str, opts:
     x = layers.Activation("relu", name=GRADCAM_LAYER)(x)  # size / 16: 12x12 at 192 px
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    # float32 head under any policy: a bfloat16 softmax/sigmoid (8-bit mantissa) would round
+    # the probabilities the loss sees during mixed-precision training
+    out = layers.Dense(n_out, activation=activation, name="predictions", dtype="float32")(x)
     return keras.Model(inp, out, name="compact_resnet")
 
 
@@ -130,7 +133,7 @@ def _densenet201(size: int, channels: int, n_out: int, activation: str, opts: di
     x = layers.GlobalAveragePooling2D(name="gap")(base.output)
     x = layers.Dense(256, activation="relu", name="fc256")(x)
     x = layers.Dropout(float(opts.get("dropout", 0.5)), name="dropout")(x)
-    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions", dtype="float32")(x)
     return keras.Model(base.input, out, name="densenet201_head")
 
 
@@ -143,7 +146,7 @@ def _densenet201_cut(size: int, channels: int, n_out: int, activation: str, opts
     x = layers.Flatten(name="flatten")(cut)
     x = layers.Dense(256, activation="relu", name="fc256")(x)
     x = layers.Dropout(float(opts.get("dropout", 0.2)), name="dropout")(x)
-    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions", dtype="float32")(x)
     return keras.Model(base.input, out, name="densenet201_cut")
 
 
@@ -159,7 +162,7 @@ def _brain_cnn(size: int, channels: int, n_out: int, activation: str, opts: dict
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(256, activation="relu", name="fc256")(x)
     x = layers.Dense(128, activation="relu", name="fc128")(x)
-    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions", dtype="float32")(x)
     return keras.Model(inp, out, name="brain_cnn")
 
 
@@ -176,29 +179,27 @@ def _small_cnn(size: int, channels: int, n_out: int, activation: str, opts: dict
     x = layers.Conv2D(128, 3, padding="same", activation="relu", name=GRADCAM_LAYER)(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(float(opts.get("dropout", 0.3)), name="dropout")(x)
-    out = layers.Dense(n_out, activation=activation, name="predictions")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions", dtype="float32")(x)
     return keras.Model(inp, out, name="small_cnn")
 
 
-ARCHITECTURES: dict[str, Builder] = {
-    "compact_resnet": _compact_resnet,
-    "densenet201": _densenet201,
-    "densenet201_cut": _densenet201_cut,
-    "brain_cnn": _brain_cnn,
-    "small_cnn": _small_cnn,
+@dataclass(frozen=True)
+class Architecture:
+    """One selectable network: its builder, the layer Grad-CAM explains by default (None:
+    let the explainer pick) and whether ``options.backbone_weights`` applies to it."""
+
+    build: Builder
+    gradcam_layer: str | None
+    pretrainable: bool = False
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "compact_resnet": Architecture(_compact_resnet, GRADCAM_LAYER),
+    "densenet201": Architecture(_densenet201, "conv5_block32_concat", pretrainable=True),
+    "densenet201_cut": Architecture(_densenet201_cut, "conv5_block16_0_bn", pretrainable=True),
+    "brain_cnn": Architecture(_brain_cnn, "conv4"),
+    "small_cnn": Architecture(_small_cnn, GRADCAM_LAYER),
 }
-
-# The layer Grad-CAM should explain per architecture (None: let the explainer pick).
-DEFAULT_GRADCAM_LAYER: dict[str, str | None] = {
-    "compact_resnet": GRADCAM_LAYER,
-    "densenet201": "conv5_block32_concat",
-    "densenet201_cut": "conv5_block16_0_bn",
-    "brain_cnn": "conv4",
-    "small_cnn": GRADCAM_LAYER,
-}
-
-
-PRETRAINABLE = frozenset({"densenet201", "densenet201_cut"})  # accept options.backbone_weights
 
 
 def build_model(spec: ModelSpec, architecture: str | None = None, size: int | None = None) -> Any:
@@ -211,10 +212,11 @@ def build_model(spec: ModelSpec, architecture: str | None = None, size: int | No
     """
     name = architecture or str(spec.options.get("architecture", "compact_resnet"))
     try:
-        builder = ARCHITECTURES[name]
+        arch = ARCHITECTURES[name]
     except KeyError:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
-    if spec.options.get("backbone_weights") and name not in PRETRAINABLE:
-        raise ValueError(f"backbone weights apply to {sorted(PRETRAINABLE)}, not to {name!r}")
+    if spec.options.get("backbone_weights") and not arch.pretrainable:
+        pretrainable = sorted(k for k, a in ARCHITECTURES.items() if a.pretrainable)
+        raise ValueError(f"backbone weights apply to {pretrainable}, not to {name!r}")
     side = size or spec.input.size
-    return builder(side, spec.input.channels, spec.n_outputs, head_activation(spec.head), dict(spec.options))
+    return arch.build(side, spec.input.channels, spec.n_outputs, head_activation(spec.head), dict(spec.options))

@@ -22,6 +22,9 @@ Keras image models:
   warm-up + cosine schedule that also follows the wall clock, early stopping on val,
   best-checkpoint saving, a wall-clock budget (``--max-minutes``), fixed seeds and a JSON
   training log;
+* ``options.mixed_precision: bfloat16`` trains in mixed bfloat16 (about 1.3x faster per step
+  on CPUs with AVX512-BF16/AMX, so more epochs fit a wall-clock budget); the saved model is
+  rebuilt in float32, so evaluation and the app never compute in bfloat16;
 * after training, calibration (temperature for softmax, Platt for sigmoid heads) is fitted on
   val outputs computed through the backend, and for binary heads with
   ``options.target_sensitivity`` the operating threshold is chosen on val;
@@ -42,8 +45,9 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -609,6 +613,32 @@ def _precise_bn_validation_callback(x_bn: np.ndarray, val_ds: Any, spec: ModelSp
     return PreciseBNValidation()
 
 
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+@contextmanager
+def training_precision(name: str | None) -> Iterator[None]:
+    """Build layers under a mixed-precision policy: ``options.mixed_precision: bfloat16``.
+
+    Only the copy that is trained is built inside this block; :func:`fit_keras` copies its
+    weights (float32 variables under either policy) into a model built in float32, so the
+    saved model, calibration, evaluation and the app all compute in float32. bfloat16 needs
+    no loss scaling, and on CPUs with AMX/AVX512-BF16 it made a compact_resnet train step
+    ~1.3x faster: more epochs fit a wall-clock budget.
+    """
+    import keras
+
+    key = name or "float32"
+    if key not in PRECISIONS:
+        raise ValueError(f"options.mixed_precision must be one of {sorted(PRECISIONS)}, not {name!r}")
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[key])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def fit_keras(
     spec: ModelSpec,
     cfg: TrainConfig,
@@ -647,8 +677,17 @@ def fit_keras(
     if steps == 0:
         raise ValueError(f"{len(x_train)} training images are fewer than one batch of {cfg.batch_size}")
 
-    model = build_model(spec, arch, size)
-    log.info("%s: %s, %d parameters, input %d px", spec.id, arch, model.count_params(), size)
+    precision = spec.options.get("mixed_precision")
+    with training_precision(None if precision is None else str(precision)):
+        model = build_model(spec, arch, size)
+    log.info(
+        "%s: %s, %d parameters, input %d px, %s",
+        spec.id,
+        arch,
+        model.count_params(),
+        size,
+        model.dtype_policy.name,
+    )
     loss, metric = _loss_and_metric(spec.head)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=cfg.learning_rate * 0.1, weight_decay=cfg.weight_decay),
@@ -664,6 +703,7 @@ def fit_keras(
         "parameters": int(model.count_params()),
         "input_size": size,
         "augment": augmentation_for(spec),
+        "dtype_policy": model.dtype_policy.name,
         "balanced_sampling": balanced,
         "class_weights": None if balanced else cw.round(4).tolist(),
         "train_counts": counts.tolist(),
@@ -703,8 +743,10 @@ def fit_keras(
     seconds = time.perf_counter() - t0
     if select_best:
         model.load_weights(ckpt)
-    # A fresh, uncompiled copy: the saved file carries no optimizer state.
-    final = build_model(spec, arch, size)
+    # A fresh, uncompiled copy: the saved file carries no optimizer state. Its weights all come
+    # from the trained model, so a pretrained backbone file is not read a second time.
+    bare = {k: v for k, v in spec.options.items() if k != "backbone_weights"}
+    final = build_model(spec.model_copy(update={"options": bare}), arch, size)
     final.set_weights(model.get_weights())
     if n_bn > 0:
         pick = rng.permutation(len(x_train))[:n_bn]
@@ -716,7 +758,7 @@ def fit_keras(
 
 def train_keras(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
     """Train, calibrate and save one Keras image model; returns the run summary."""
-    from inference.architectures import DEFAULT_GRADCAM_LAYER
+    from inference.architectures import ARCHITECTURES
     from inference.backends.keras_image import KerasImageBackend, configure_tensorflow
     from inference.heads import apply_head
     from inference.metrics import classification_metrics, fit_calibration, nll, threshold_for_sensitivity
@@ -749,7 +791,7 @@ def train_keras(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
         spec, cfg, arch, x_train, train_set.labels, x_val, val_set.labels, select_best=select
     )
     mode = "max" if "acc" in cfg.monitor else "min"
-    gradcam_layer = spec.gradcam_layer or DEFAULT_GRADCAM_LAYER.get(arch)
+    gradcam_layer = spec.gradcam_layer or ARCHITECTURES[arch].gradcam_layer
     spec = spec.model_copy(update={"gradcam_layer": gradcam_layer, "calibration": Calibration()})
     backend = KerasImageBackend(spec, final, "cpu")
     raw_val = raw_outputs(backend, x_val)

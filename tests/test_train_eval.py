@@ -501,3 +501,31 @@ def test_patient_grouped_cross_validation(tmp_path: Path, toy_registry: Path) ->
     assert sum(f["n_test"] for f in cv["folds"]) == n_originals  # every original scored exactly once
     assert 0.0 <= cv["mean_accuracy"] <= 1.0
     assert "2-fold patient-grouped CV" in Registry.from_yaml(toy_registry)["toy_xray"].card["cv"]
+
+
+def test_mixed_precision_trains_in_bfloat16_and_returns_a_float32_model(tmp_path: Path, toy_registry: Path) -> None:
+    import keras
+
+    from inference.train import TrainConfig, fit_keras, training_precision
+
+    toy = Registry.from_yaml(toy_registry)["toy_xray"]
+    spec = toy.model_copy(update={"options": {**toy.options, "mixed_precision": "bfloat16", "bn_images": 16}})
+    rng = np.random.default_rng(3)
+    labels = np.array([0, 1] * 8)
+    noise = rng.integers(0, 30, (16, SIZE, SIZE, 3))
+    x = (np.where(labels[:, None, None, None] == 1, 200, 50) + noise).astype(np.uint8)
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "run", epochs=1, batch_size=8)
+
+    final, json_log, _ = fit_keras(spec, cfg, "compact_resnet", x, labels, x, labels)
+
+    assert json_log.data["dtype_policy"] == "mixed_bfloat16"  # the trained copy computed in bfloat16
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    assert final.dtype_policy.name == "float32"  # what is saved and served computes in float32
+    assert {layer.compute_dtype for layer in final.layers} == {"float32"}
+    assert all(w.dtype == np.float32 for w in final.get_weights())
+    out = np.asarray(final(x[:2].astype(np.float32) / 255.0))
+    assert out.dtype == np.float32
+    assert np.all((out >= 0) & (out <= 1))
+    with pytest.raises(ValueError, match="mixed_precision must be one of"), training_precision("float16"):
+        pass
+    assert keras.config.dtype_policy().name == "float32"
