@@ -55,7 +55,7 @@ clean:
 
 ## Retrain the four starter models from ../shared/datasets, one after another, install them into
 ## assets/models + assets/models.yaml and write their val metrics and CPU cost into the cards.
-## Wall time measured on 2 CPU cores (2026-11-26/27): brain 41 min (21-28 epochs fit the 43-min budget, by load),
+## Wall time measured on 2 CPU cores (2026-11-26/27): brain 44 min (224 px in mixed bfloat16: 23 epochs fit the 43-min budget, by load),
 ## lung/colon 22 min, chest X-ray 26 min, monkeypox 5-fold patient-grouped CV ~35 min plus the final
 ## 12-epoch model ~8 min: about 2.3 h in all. Tests running beside it slow every epoch.
 DATASETS ?= ../shared/datasets

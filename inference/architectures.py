@@ -9,7 +9,7 @@ saved ``.keras`` files load with ``safe_mode=True``.
 * ``compact_resnet`` (default): a ~1.5M-parameter ResNet-style CNN (5x5 stride-2 stem, max
   pool, five basic residual blocks) that trains from scratch on two CPU cores (about 20
   images/s at 192 px). Its last feature map, ``gradcam_features``, is ``size / 16`` wide
-  (12x12 at 192 px, 256 channels) and is the layer Grad-CAM explains.
+  (12x12 at 192 px, 14x14 at 224 px, 256 channels) and is the layer Grad-CAM explains.
 * ``densenet201``: the original lung/colon head (DenseNet201 -> GAP -> Dense 256 ->
   Dropout 0.5 -> Dense). Nothing is downloaded: the backbone starts random unless
   ``options.backbone_weights`` (or ``python -m inference.train --backbone-weights FILE``)
@@ -89,7 +89,7 @@ def _compact_resnet(size: int, channels: int, n_out: int, activation: str, opts:
     x = block(x, ch(128), "s3b", down=False)
     x = layers.Activation("relu", name="s3b_out")(x)
     x = block(x, ch(256), "s4", down=False)
-    x = layers.Activation("relu", name=GRADCAM_LAYER)(x)  # size / 16: 12x12 at 192 px
+    x = layers.Activation("relu", name=GRADCAM_LAYER)(x)  # size / 16: 12x12 at 192 px, 14x14 at 224
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     # float32 head under any policy: a bfloat16 softmax/sigmoid (8-bit mantissa) would round
