@@ -185,11 +185,11 @@ def _small_cnn(size: int, channels: int, n_out: int, activation: str, opts: dict
 
 @dataclass(frozen=True)
 class Architecture:
-    """One selectable network: its builder, the layer Grad-CAM explains by default (None:
-    let the explainer pick) and whether ``options.backbone_weights`` applies to it."""
+    """One selectable network: its builder, the layer Grad-CAM explains by default and
+    whether ``options.backbone_weights`` applies to it."""
 
     build: Builder
-    gradcam_layer: str | None
+    gradcam_layer: str
     pretrainable: bool = False
 
 

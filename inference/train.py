@@ -617,7 +617,7 @@ PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 @contextmanager
-def training_precision(name: str | None) -> Iterator[None]:
+def training_precision(name: object) -> Iterator[None]:
     """Build layers under a mixed-precision policy: ``options.mixed_precision: bfloat16``.
 
     Only the copy that is trained is built inside this block; :func:`fit_keras` copies its
@@ -628,7 +628,7 @@ def training_precision(name: str | None) -> Iterator[None]:
     """
     import keras
 
-    key = name or "float32"
+    key = "float32" if name is None else str(name)
     if key not in PRECISIONS:
         raise ValueError(f"options.mixed_precision must be one of {sorted(PRECISIONS)}, not {name!r}")
     before = keras.config.dtype_policy()
@@ -677,8 +677,7 @@ def fit_keras(
     if steps == 0:
         raise ValueError(f"{len(x_train)} training images are fewer than one batch of {cfg.batch_size}")
 
-    precision = spec.options.get("mixed_precision")
-    with training_precision(None if precision is None else str(precision)):
+    with training_precision(spec.options.get("mixed_precision")):
         model = build_model(spec, arch, size)
     log.info(
         "%s: %s, %d parameters, input %d px, %s",
