@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     kb_source: Path | None = Field(None, description="corpus .jsonl[.gz] the chat knowledge base is built from")
     kb_dir: Path | None = Field(None, description="index folder; default DATA_DIR/<chat kb_dir>")
     kb_auto_build: bool = Field(True, description="build a missing or stale index on first chat use")
+    kb_auto_fetch: bool | None = Field(
+        None, description="fetch MedQuAD in the background on start when there is no index; unset = on in development"
+    )
+    kb_fetch_url: str | None = Field(None, description="archive to fetch; unset = MedQuAD at its pinned commit")
+    kb_fetch_sha256: str | None = Field(None, description="expected archive sha256; unset = recorded, not checked")
+    kb_fetch_max_mb: float = Field(200.0, gt=0, description="largest archive accepted")
     allow_network: bool = Field(False, description="let the chat generator download a Hub checkpoint")
     chat_generator: str | None = Field(None, description="overrides the chat spec's generator checkpoint")
     chat_max_chars: int = Field(2000, ge=1, le=100_000, description="longest accepted chat message")
@@ -144,6 +150,11 @@ class Settings(BaseSettings):
         if self.env == "production" and len(self.secret_key) < 32:
             raise ValueError("DOCTORAI_SECRET_KEY must be at least 32 characters in production")
         return self
+
+    @property
+    def resolved_kb_auto_fetch(self) -> bool:
+        """Fetch MedQuAD on start when there is no index: ``DOCTORAI_KB_AUTO_FETCH``, else development only."""
+        return self.env == "development" if self.kb_auto_fetch is None else self.kb_auto_fetch
 
     @property
     def max_upload_bytes(self) -> int:

@@ -36,7 +36,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -446,8 +446,14 @@ def build_index(
     batch_size: int = 64,
     progress: bool = True,
     embedder: SentenceTransformer | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Build the index of ``source`` into ``kb_dir`` (atomically replacing any old one)."""
+    """Build the index of ``source`` into ``kb_dir`` (atomically replacing any old one).
+
+    ``on_progress(stage, done, total)`` hears about the embedding, which is most of the time
+    (the chat tab shows it while the app fetches the corpus); ``extra`` goes into the manifest.
+    """
     import bm25s
     from tqdm.auto import tqdm
 
@@ -485,7 +491,17 @@ def build_index(
             model = embedder or load_embedder(device, dtype)
             log.info("embedding %d passages on %s (%s, batch %d)", len(passages), device, dtype, batch_size)
             t_embed = time.perf_counter()
-            vecs = encode(model, [p.embed_text() for p in passages], batch_size=batch_size, progress=progress)
+            texts = [p.embed_text() for p in passages]
+            if on_progress is None:
+                vecs = encode(model, texts, batch_size=batch_size, progress=progress)
+            else:  # in slices, so the caller hears how far it got (each slice is still length-sorted)
+                step = max(batch_size, 512)
+                parts = []
+                for start in range(0, len(texts), step):
+                    on_progress("embedding passages", start, len(texts))
+                    parts.append(encode(model, texts[start : start + step], batch_size=batch_size, progress=progress))
+                on_progress("embedding passages", len(texts), len(texts))
+                vecs = np.concatenate(parts, axis=0)
             log.info("embedded in %.1fs", time.perf_counter() - t_embed)
             np.save(tmp / "embeddings.npy", vecs.astype(np.float16))
             with (tmp / "passages.jsonl").open("w", encoding="utf-8") as fh:
@@ -508,7 +524,7 @@ def build_index(
                 embed_dim=int(vecs.shape[1]),
                 built_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 build_seconds=round(time.perf_counter() - t0, 1),
-                extra={"chunk_words": [PASSAGE_TARGET_WORDS, PASSAGE_MAX_WORDS], "embed_dtype": dtype},
+                extra={"chunk_words": [PASSAGE_TARGET_WORDS, PASSAGE_MAX_WORDS], "embed_dtype": dtype, **(extra or {})},
             )
             manifest.write(tmp)  # last: an index without a manifest is never used
             old = kb_dir.parent / f".{kb_dir.name}.old-{os.getpid()}"
@@ -714,8 +730,54 @@ def _default_paths() -> tuple[Path, Path | None, int]:
     return resolve_kb_dir(s.kb_dir, s.data_dir, relative), s.kb_source, s.torch_threads
 
 
+def _fetch(args: argparse.Namespace, kb_dir: Path, default_threads: int) -> int:
+    """``fetch medquad``: download, verify, parse and index; one line on failure, exit status 1."""
+    from inference.errors import DoctorAIError
+    from inference.kb_fetch import MEDQUAD_URL, ArchiveLimits, fetch_medquad
+    from settings import get_settings
+
+    s = get_settings()
+    status = index_status(kb_dir)
+    if status.usable and not args.force:
+        log.info("an index already exists: %s (use --force to fetch again)", status.detail)
+        return 0
+    threads = args.threads if args.threads is not None else default_threads
+    if threads and not str(args.device).startswith("cuda"):
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        result = fetch_medquad(
+            s.data_dir,
+            kb_dir,
+            url=args.url or s.kb_fetch_url or MEDQUAD_URL,
+            expected_sha256=args.sha256 or s.kb_fetch_sha256,
+            limits=ArchiveLimits(max_bytes=int(s.kb_fetch_max_mb * 2**20)),
+            device=args.device,
+            show_bars=True,
+        )
+    except DoctorAIError as exc:
+        log.error("%s", exc.message)
+        return 1
+    c = result.counts
+    log.info(
+        "kept %d answered QA pairs of %d in %d files; skipped %d files of the answerless subsets %s; "
+        "archive sha256 %s (%d bytes); index in %s (%.0f s)",
+        c.kept,
+        c.pairs,
+        c.files,
+        sum(c.skipped_subsets.values()),
+        ", ".join(c.skipped_subsets),
+        result.archive_sha256,
+        result.archive_bytes,
+        result.kb_dir,
+        result.seconds,
+    )
+    return 0
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m inference.kb build|status|query``."""
+    """``python -m inference.kb build|fetch|status|query``."""
     parser = argparse.ArgumentParser(prog="python -m inference.kb", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or rebuild) the index of a corpus")
@@ -726,6 +788,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     b.add_argument("--dtype", choices=["float32", "bfloat16"], help="embedding precision (default: auto)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--threads", type=int, help="torch CPU threads (default: DOCTORAI_TORCH_THREADS, 1; 0 = torch's)")
+    f = sub.add_parser("fetch", help="download a public corpus, verify and parse it, and build its index")
+    f.add_argument("corpus", choices=["medquad"], help="medquad: abachaa/MedQuAD on GitHub (CC BY 4.0)")
+    f.add_argument("--url", help="archive URL (default: DOCTORAI_KB_FETCH_URL, the pinned MedQuAD commit)")
+    f.add_argument("--sha256", help="expected archive sha256 (default: DOCTORAI_KB_FETCH_SHA256; unset = record it)")
+    f.add_argument("--kb-dir", type=Path, help="index folder (default: DOCTORAI_KB_DIR or DOCTORAI_DATA_DIR/kb)")
+    f.add_argument("--force", action="store_true", help="fetch again even when an index exists")
+    f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
+    f.add_argument("--threads", type=int, help="torch CPU threads (default: DOCTORAI_TORCH_THREADS, 1; 0 = torch's)")
     s = sub.add_parser("status", help="is the index there and up to date?")
     s.add_argument("--source", type=Path)
     s.add_argument("--kb-dir", type=Path)
@@ -754,6 +824,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         m = build_index(source, kb_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
         log.info("%d passages from %d records in %.1fs -> %s", m.passages, m.records, m.build_seconds, kb_dir)
         return 0
+    if args.command == "fetch":
+        return _fetch(args, kb_dir, default_threads)
     if args.command == "status":
         status = index_status(kb_dir, args.source or default_source)
         log.info("%s: %s", status.state, status.detail)

@@ -10,6 +10,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The app's development defaults fetch MedQuAD from GitHub and preload every installed model
+# after start-up. Tests never touch the network, and each test chooses what it loads: the
+# tests of those defaults set these variables themselves.
+os.environ.setdefault("DOCTORAI_KB_AUTO_FETCH", "false")
+os.environ.setdefault("DOCTORAI_PRELOAD", "none")
 
 from collections.abc import Iterator
 from contextlib import contextmanager
