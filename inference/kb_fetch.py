@@ -420,7 +420,8 @@ def fetch_medquad(
 
     progress = progress or FetchProgress()
     t0 = time.perf_counter()
-    archive = Path(data_dir) / "downloads" / f"medquad-{hashlib.sha1(url.encode()).hexdigest()[:10]}.zip"
+    url_key = hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()[:10]
+    archive = Path(data_dir) / "downloads" / f"medquad-{url_key}.zip"
     progress.update("download", 0, None, "Downloading MedQuAD")
     bar = _bar(show_bars, "download", "B")
     try:

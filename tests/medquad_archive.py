@@ -68,12 +68,12 @@ def medquad_members() -> dict[str, bytes]:
         "0000100", "NIDDK", "https://example.org/niddk", "Glaucoma", [dup, dup]
     ).encode()
     files[f"{TOP}/6_NINDS_QA/0000200.xml"] = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<doc id="0000200" source="NINDS" url="https://example.org/ninds-aphasia">\n'
-        '<Focus>Aphasia</Focus>\n<qapairs>\n<pair pid="1">\n'
-        '<Question qid="0000200-1" qtype="information">What is (are) Aphasia ?</Question>\n'
-        "<Answer>Aphasia is a neurological disorder caused by damage to the parts of the brain that "
-        "are responsible for language production or processing.</Answer>\n</pair>\n</qapairs>\n</doc>\n"
-    ).encode()
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<doc id="0000200" source="NINDS" url="https://example.org/ninds-aphasia">\n'
+        b'<Focus>Aphasia</Focus>\n<qapairs>\n<pair pid="1">\n'
+        b'<Question qid="0000200-1" qtype="information">What is (are) Aphasia ?</Question>\n'
+        b"<Answer>Aphasia is a neurological disorder caused by damage to the parts of the brain that "
+        b"are responsible for language production or processing.</Answer>\n</pair>\n</qapairs>\n</doc>\n"
+    )
     for subset, stem in (("10_MPlus_ADAM_QA", "0000001"), ("11_MPlusDrugs_QA", "0000002")):
         files[f"{TOP}/{subset}/{stem}.xml"] = document_xml(
             stem, "ADAM", f"https://example.org/{stem}", "Removed", [("What is (are) Removed ?", "information", "")]
@@ -114,7 +114,7 @@ def serve_archive(body: bytes) -> Iterator[ArchiveServer]:
     state = ArchiveServer(body)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             state.requests.append(self.path)
             data = state.body
             self.send_response(state.status)

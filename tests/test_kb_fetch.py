@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,8 @@ def test_parse_keeps_answered_pairs_and_skips_the_answerless_subsets(tmp_path: P
     glaucoma = next(r for r in records if r["source"] == "1_CancerGov_QA")
     assert glaucoma["id"] == "1_CancerGov_QA:0000000_1-1"
     assert glaucoma["url"] == KB_RECORDS[0]["url"]
-    assert "\n" not in glaucoma["answer"] and "  " not in glaucoma["answer"]  # whitespace flattened
+    assert "\n" not in glaucoma["answer"]
+    assert "  " not in glaucoma["answer"]
     assert glaucoma["answer"] == KB_RECORDS[0]["answer"]
     assert by_focus["Aphasia"]["source"] == "6_NINDS_QA"  # the lower-case <doc>/<pair> layout
     assert by_focus["Aphasia"]["question"] == "What is (are) Aphasia ?"
@@ -60,12 +60,15 @@ def test_fetch_from_a_loopback_server_builds_a_working_index(tmp_path: Path) -> 
     fetched = manifest.extra["fetched"]
     assert fetched["archive_sha256"] == result.archive_sha256
     assert fetched["archive_bytes"] == len(body)
-    assert fetched["kept"] == EXPECTED_KEPT and fetched["sha256_pinned"] is False
-    assert "CC BY 4.0" in fetched["licence"] and "Ben Abacha" in fetched["citation"]
+    assert fetched["kept"] == EXPECTED_KEPT
+    assert fetched["sha256_pinned"] is False
+    assert "CC BY 4.0" in fetched["licence"]
+    assert "Ben Abacha" in fetched["citation"]
     assert index_status(tmp_path / "data" / "kb").state == "fresh"
     kb = KnowledgeBase.load(tmp_path / "data" / "kb")
     hit = kb.search("what are the symptoms of glaucoma", k=1)[0]
-    assert hit.passage.title == "Glaucoma" and hit.passage.url == KB_RECORDS[0]["url"]
+    assert hit.passage.title == "Glaucoma"
+    assert hit.passage.url == KB_RECORDS[0]["url"]
 
 
 def test_a_pinned_sha256_is_checked(tmp_path: Path) -> None:
@@ -74,7 +77,8 @@ def test_a_pinned_sha256_is_checked(tmp_path: Path) -> None:
     with serve_archive(body) as server:
         with pytest.raises(ArchiveRejected, match="sha256 mismatch"):
             download(server.url, tmp_path / "a.zip", expected_sha256="0" * 64)
-        assert not (tmp_path / "a.zip").exists() and not (tmp_path / "a.zip.part").exists()
+        assert not (tmp_path / "a.zip").exists()
+        assert not (tmp_path / "a.zip.part").exists()
         assert download(server.url, tmp_path / "a.zip", expected_sha256=good.upper()) == (good, len(body))
 
 
@@ -143,7 +147,8 @@ def test_offline_the_installer_says_what_to_run(tmp_path: Path) -> None:
     assert installer.wait(30)
     snap = installer.progress.snapshot()
     assert snap["phase"] == "failed"
-    assert FETCH_COMMAND in snap["message"] and "DOCTORAI_KB_SOURCE" in snap["message"]
+    assert FETCH_COMMAND in snap["message"]
+    assert "DOCTORAI_KB_SOURCE" in snap["message"]
     assert "\n" not in snap["message"]
     assert not (tmp_path / "kb").exists()
 
