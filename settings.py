@@ -83,7 +83,10 @@ class Settings(BaseSettings):
     space_host: str | None = Field(None, validation_alias=AliasChoices("DOCTORAI_SPACE_HOST", "SPACE_HOST"))
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["all"],
+        description="model ids to load after start-up; all = every installed image model; none",
+    )
     memory_budget_mb: int = Field(6144, ge=0, description="unload least-recently-used models above this; 0 = no limit")
 
     cache_enabled: bool = True
@@ -140,7 +143,8 @@ class Settings(BaseSettings):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
-            return [v.strip() for v in text.split(",") if v.strip()]
+            items = [v.strip() for v in text.split(",") if v.strip()]
+            return [] if items == ["none"] else items  # DOCTORAI_PRELOAD=none: load nothing up front
         return value
 
     @model_validator(mode="after")

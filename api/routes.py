@@ -116,13 +116,16 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
     def ready() -> JSONResponse:  # callers: any user, or probes with DOCTORAI_METRICS_TOKEN
         """Readiness: per-model state; 503 while a preloaded model is still loading."""
         models = runtime.manager.status()
-        waiting = [m for m in settings.preload if models.get(m, {}).get("state") in ("loading", "not_loaded")]
+        waiting = [m for m in runtime.preload_ids if models.get(m, {}).get("state") in ("loading", "not_loaded")]
         body: dict[str, Any] = {
             "status": "loading" if waiting else "ready",
             "version": APP_VERSION,
             "models": models,
+            "preload": {"models": runtime.preload_ids, "waiting": waiting},
             "cache": runtime.cache.stats(),
         }
+        if runtime.kb_installer is not None:  # the chat corpus fetch; the image models do not wait for it
+            body["knowledge_base"] = runtime.kb_installer.progress.snapshot()
         return JSONResponse(body, status_code=503 if waiting else 200)
 
     @router.get("/models", dependencies=[Depends(current_principal)])

@@ -113,9 +113,9 @@ class ChatService:
         missing = self.manager.missing_weights_message(self.model_id)
         if missing:
             return (
-                f"{missing}.\n\nBuild the knowledge base once with `{INSTALL_KB}` "
-                "(MedQuAD: `--source ../shared/datasets/medquad/medquad.jsonl.gz`), or set "
-                "`DOCTORAI_KB_SOURCE` to that file and it is built on the first question."
+                f"{missing}.\n\nFetch the knowledge base once with `{INSTALL_KB}` (downloads MedQuAD from GitHub, "
+                "then a few minutes of indexing), or set `DOCTORAI_KB_SOURCE` to a local "
+                "`medquad.jsonl.gz` and it is built on the first question."
             )
         return None
 

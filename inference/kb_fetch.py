@@ -66,8 +66,9 @@ class ArchiveRejected(DoctorAIError):
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Bounds on what is downloaded and unpacked. The real archive (about 20 MB, 11,280 files, at
-    most a few hundred KB each) sits well inside them; anything outside is refused, not cut."""
+    """Bounds on what is downloaded and unpacked. The real archive (11,280 XML files, a few tens
+    of MB at most, each file a few hundred KB at most) sits well inside them; anything outside
+    is refused, not cut."""
 
     min_bytes: int = 1024
     max_bytes: int = 200 * 2**20
@@ -439,7 +440,7 @@ def fetch_medquad(
     try:
         records, counts = parse_archive(archive, limits=limits, progress=progress)
     finally:
-        archive.unlink(missing_ok=True)  # the corpus keeps what is needed; the zip is 20 MB of XML
+        archive.unlink(missing_ok=True)  # the corpus keeps what is needed
     skipped = sum(counts.skipped_subsets.values())
     log.info(
         "MedQuAD: kept %d of %d QA pairs from %d files (%d empty answers, %d duplicates); "

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from inference.cache import PredictionCache
 from inference.manager import ModelManager
 from inference.registry import Registry
 from inference.service import Analyzer
 from settings import Settings
+
+if TYPE_CHECKING:
+    from inference.kb_fetch import CorpusInstaller
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +29,68 @@ class Runtime:
     manager: ModelManager
     cache: PredictionCache
     analyzer: Analyzer
+    preload_ids: list[str] = field(default_factory=list)  # what start_background loads
+    kb_installer: CorpusInstaller | None = None  # fetches MedQuAD when the chat has no index
 
     def start_background(self, delay_s: float = 1.0) -> threading.Thread:
-        """Warm the rendering path and preload ``settings.preload`` in a daemon thread.
+        """Warm the rendering path and preload ``preload_ids`` in a daemon thread; start the
+        knowledge-base fetch (its own daemon thread) when one is needed.
 
         It starts ``delay_s`` after the server begins listening: importing TensorFlow holds
         the GIL for seconds and would otherwise delay the first ``/api/health`` answer.
-        Preloaded models report ``loading`` from now on, so ``/api/ready`` stays 503.
+        Preloaded models report ``loading`` from now on, so ``/api/ready`` stays 503; a request
+        for one of them meanwhile waits for that load (the manager loads each model once).
         """
-        self.manager.mark_loading(self.settings.preload)
+        self.manager.mark_loading(self.preload_ids)
+        if self.kb_installer is not None:
+            self.kb_installer.start(delay_s=delay_s)
 
         def run() -> None:
             time.sleep(delay_s)
             self.analyzer.warm_up(self.settings.heatmap_colormap)
-            self.manager.preload(self.settings.preload, background=False)
+            self.manager.preload(self.preload_ids, background=False)
 
         thread = threading.Thread(target=run, name="doctorai-startup", daemon=True)
         thread.start()
         return thread
+
+
+def resolve_preload(settings: Settings, registry: Registry, manager: ModelManager) -> list[str]:
+    """``DOCTORAI_PRELOAD``: ``all`` (the default) = every installed image model, in registry
+    order; an empty list (``none``) = nothing; else the listed ids (unknown ones are logged)."""
+    wanted = settings.preload
+    if wanted == ["all"]:
+        return [s.id for s in registry.image_models() if manager.missing_weights_message(s.id) is None]
+    unknown = [m for m in wanted if m not in registry]
+    if unknown:
+        log.warning("DOCTORAI_PRELOAD names unknown models %s; known: %s", unknown, sorted(s.id for s in registry))
+    return [m for m in wanted if m in registry]
+
+
+def build_kb_installer(settings: Settings, registry: Registry, manager: ModelManager) -> CorpusInstaller | None:
+    """The background MedQuAD fetch, when it is on (``DOCTORAI_KB_AUTO_FETCH``, default in
+    development), the registry has a chat model, no corpus is configured and no index exists."""
+    chat = [s for s in registry if s.backend == "chat"]
+    if not chat or not settings.resolved_kb_auto_fetch or settings.kb_source is not None:
+        return None
+    from inference.kb import resolve_kb_dir
+    from inference.kb_fetch import MEDQUAD_URL, ArchiveLimits, CorpusInstaller
+
+    kb_dir = resolve_kb_dir(settings.kb_dir, settings.data_dir, str(chat[0].options.get("kb_dir", "kb")))
+    chat_id = chat[0].id
+
+    def load_chat() -> None:  # so the first question after the fetch does not wait for the load
+        manager.get_model(chat_id)
+
+    installer = CorpusInstaller(
+        settings.data_dir,
+        kb_dir,
+        url=settings.kb_fetch_url or MEDQUAD_URL,
+        expected_sha256=settings.kb_fetch_sha256,
+        limits=ArchiveLimits(max_bytes=int(settings.kb_fetch_max_mb * 2**20)),
+        on_done=load_chat,
+    )
+    return installer if installer.needed() else None
 
 
 def build_runtime(settings: Settings, registry: Registry | None = None) -> Runtime:
@@ -74,4 +122,12 @@ def build_runtime(settings: Settings, registry: Registry | None = None) -> Runti
         batch_max_wait_ms=settings.batch_max_wait_ms,
     )
     log.info("runtime ready: %d models registered, model dir %s", len(registry), settings.model_dir)
-    return Runtime(settings, registry, manager, cache, analyzer)
+    return Runtime(
+        settings,
+        registry,
+        manager,
+        cache,
+        analyzer,
+        preload_ids=resolve_preload(settings, registry, manager),
+        kb_installer=build_kb_installer(settings, registry, manager),
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from inference.backends.chat import ChatAnswer
 from inference.chat_service import ChatService, ImageContext, chat_service
 from inference.chat_text import Language, content_text
 from inference.errors import DoctorAIError
+from inference.kb_fetch import MEDQUAD_CITATION, MEDQUAD_LICENCE, CorpusInstaller
 from inference.manager import ModelState
 from inference.runtime import Runtime
 from tabs.common import UiAuth, user_errors
@@ -31,11 +33,12 @@ log = logging.getLogger(__name__)
 CHAT_CSS = """
 #chat-bot .message-content, #chat-bot .message .prose, #chat-input textarea {unicode-bidi: plaintext; text-align: start}
 #chat-bot [dir=rtl] {direction: rtl; text-align: right}
+.doctorai-fetching {background:#eef6ee;border:1px solid #5a9e5a;border-radius:8px;padding:4px 12px}
 .doctorai-chat-notice {background:#e8f1fb;border:1px solid #5b9bd5;border-radius:8px;padding:8px 12px;color:#123a5e}
 """
 
 CHAT_NOTICE_HTML = (
-    '<div class="doctorai-chat-notice" role="note" id="chat-notice">⚕️ <b>Not medical advice.</b> '
+    '<div class="doctorai-chat-notice" role="note" id="chat-notice"><b>Not medical advice.</b> '
     "Answers quote public consumer-health pages (MedQuAD, NIH) and may be incomplete or out of date; "
     "they cannot diagnose you. Ask a qualified clinician about your own health, and call your local "
     "emergency number in an emergency. "
@@ -84,10 +87,40 @@ def _plain_history(history: list[dict[str, Any]] | None) -> list[dict[str, str]]
     return out
 
 
+def fetch_panel(installer: CorpusInstaller | None) -> str | None:
+    """The knowledge-base fetch as a panel while it runs or after it failed; None otherwise."""
+    if installer is None:
+        return None
+    p = installer.progress
+    if p.running:
+        frac = p.fraction()
+        bar = (
+            f'<progress id="kb-progress" max="100" value="{frac * 100:.0f}" style="width:100%"></progress>'
+            if frac is not None
+            else '<progress id="kb-progress" style="width:100%"></progress>'
+        )
+        return (
+            '<div class="doctorai-fetching" id="kb-fetch">\n\n### Fetching the knowledge base\n'
+            f"{html.escape(p.line())}  \nThe chat answers as soon as this is done; a question asked now waits "
+            f"for it.\n\n{bar}\n\n</div>"
+        )
+    if p.phase == "failed":
+        return (
+            f'<div class="doctorai-missing" id="kb-fetch">\n\n### Knowledge base not installed\n{p.message}\n\n</div>'
+        )
+    return None
+
+
 def answer_stream(
-    service: ChatService, message: str, history: list[dict[str, Any]] | None, image: ImageContext | None = None
+    service: ChatService,
+    message: str,
+    history: list[dict[str, Any]] | None,
+    image: ImageContext | None = None,
+    installer: CorpusInstaller | None = None,
+    max_wait_s: float = 3600.0,
 ) -> Iterator[tuple[str, list[dict[str, Any]], str]]:
-    """(textbox value, chat messages, status line) after each streamed piece."""
+    """(textbox value, chat messages, status line) after each streamed piece. While the
+    knowledge base is still being fetched, the answer waits for it and shows its progress."""
     shown: list[dict[str, Any]] = list(history or [])
     with user_errors():  # bad input: a toast, the typed text stays in the box
         text, language, turns = service.prepare(message, _plain_history(history))
@@ -97,6 +130,11 @@ def answer_stream(
     placeholder = "Loading the knowledge base (the first question builds it if needed)…" if loading else _THINKING
     shown.append({"role": "assistant", "content": placeholder})
     yield "", shown, ""
+    deadline = time.monotonic() + max_wait_s
+    while installer is not None and installer.progress.running and time.monotonic() < deadline:
+        shown[-1] = {"role": "assistant", "content": f"Waiting for the knowledge base: {installer.progress.line()}…"}
+        yield "", shown, ""
+        installer.wait(1.0)
     answer: ChatAnswer | None = None
     acc = ""
     try:
@@ -110,7 +148,7 @@ def answer_stream(
             shown[-1] = {"role": "assistant", "content": rtl(acc + " ▌", language)}
             yield "", shown, ""
     except DoctorAIError as exc:
-        shown[-1] = {"role": "assistant", "content": f"⚠️ {exc.message}"}
+        shown[-1] = {"role": "assistant", "content": f"**Cannot answer:** {exc.message}"}
         yield "", shown, ""
         return
     if answer is None:
@@ -134,11 +172,19 @@ def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = N
     service = chat_service(runtime)
     concurrency = runtime.settings.chat_concurrency
 
-    def install_panel() -> str:  # re-evaluated on every page load
+    installer = runtime.kb_installer
+
+    def install_panel() -> str:  # re-evaluated on every page load, and every second while fetching
+        fetching = fetch_panel(installer)
+        if fetching:
+            return fetching
         help_text = service.install_help()
         if not help_text:
             return ""
-        return f'<div class="doctorai-missing">\n\n### ⛔ Knowledge base not installed\n{help_text}\n\n</div>'
+        return f'<div class="doctorai-missing">\n\n### Knowledge base not installed\n{help_text}\n\n</div>'
+
+    def refresh_panel() -> tuple[str, Any]:
+        return install_panel(), gr.Timer(active=installer is not None and installer.progress.running)
 
     def audited(request: gr.Request | None, message: str) -> Any:
         return ui.audited(request, "chat", model_id="chat", data=str(message).encode("utf-8", "replace"))
@@ -147,7 +193,7 @@ def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = N
         message: str, history: list[dict[str, Any]] | None, request: gr.Request
     ) -> Iterator[tuple[str, Any, str]]:
         with audited(request, message):
-            yield from answer_stream(service, message, history)
+            yield from answer_stream(service, message, history, installer=installer)
 
     def respond_image(
         history: list[dict[str, Any]] | None, image: ImageContext | None, request: gr.Request
@@ -155,7 +201,7 @@ def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = N
         if image is None:
             raise gr.Error("Analyse an image in one of the image tabs first.")
         with audited(request, image.question()):
-            yield from answer_stream(service, image.question(), history, image)
+            yield from answer_stream(service, image.question(), history, image, installer=installer)
 
     def api_chat(
         message: str, history: list[dict[str, str]] | None = None, request: gr.Request | None = None
@@ -177,7 +223,10 @@ def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = N
 
     with gr.Tab("Medical chat", id="chat", elem_id="tab-chat"):
         gr.HTML(CHAT_NOTICE_HTML)
-        gr.Markdown(install_panel, elem_id="chat-install")
+        panel = gr.Markdown(install_panel, elem_id="chat-install")
+        # Polls only while a fetch may run: the first tick after it ends switches the timer off.
+        ticker = gr.Timer(1.0, active=installer is not None)
+        ticker.tick(refresh_panel, outputs=[panel, ticker], api_visibility="private", queue=False)
         chatbot = gr.Chatbot(
             label="DoctorAI chat",
             elem_id="chat-bot",
@@ -203,6 +252,10 @@ def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = N
             clear = gr.Button("Clear conversation", elem_id="chat-clear")
         status = gr.Markdown(elem_id="chat-status")
         gr.Examples(examples=[[q] for q in EXAMPLES], inputs=[box], label="Example questions / أسئلة مثال")
+        gr.Markdown(
+            f"Knowledge base: {MEDQUAD_CITATION}. Licence {MEDQUAD_LICENCE}; each answer links its source page.",
+            elem_id="chat-attribution",
+        )
         with gr.Accordion("About this chat", open=False):
             gr.Markdown(
                 "Answers come from a hybrid search (BM25 + MiniLM embeddings) over MedQuAD, 16k question-answer "

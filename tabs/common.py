@@ -19,7 +19,7 @@ from inference.registry import ModelSpec
 from inference.service import RESEARCH_NOTICE
 
 NOTICE_HTML = (
-    f'<div class="doctorai-notice" role="note">⚠️ <b>{RESEARCH_NOTICE}</b> '
+    f'<div class="doctorai-notice" role="note"><b>{RESEARCH_NOTICE}</b> '
     "Results must be reviewed by a qualified clinician.</div>"
 )
 

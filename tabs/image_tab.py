@@ -83,7 +83,7 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
         missing = runtime.manager.missing_weights_message(spec.id)
         if missing:
             gr.Markdown(
-                f"### ⛔ Model not installed\n{missing}.  \n"
+                f"### Model not installed\n{missing}.  \n"
                 "Train one with `python -m inference.train "
                 f"{spec.id} --data DIR` or copy a trained file there, then reload this page.",
                 elem_classes=["doctorai-missing"],

@@ -366,10 +366,12 @@ def test_rest_chat_without_a_knowledge_base_says_how_to_build_one(tmp_path: Path
         c.headers.update(login(c))
         st = c.get("/api/ready").json()["models"]["chat"]
         assert st["state"] == "not_installed"
-        assert "python -m inference.kb build" in st["detail"]
+        assert "python -m inference.kb fetch medquad" in st["detail"]
+        assert "DOCTORAI_KB_SOURCE" in st["detail"]  # or a local copy
+        assert "knowledge_base" not in c.get("/api/ready").json()  # auto-fetch is off here
         r = c.post("/api/chat", json={"message": EN_Q})
         assert r.status_code == 503
-        assert "python -m inference.kb build --source" in r.json()["detail"]
+        assert "python -m inference.kb fetch medquad" in r.json()["detail"]
 
 
 # ------------------------------------------------------------------------------ gradio_client

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_KB = "python -m inference.kb build --source FILE.jsonl.gz"
+INSTALL_KB = "python -m inference.kb fetch medquad"  # or: build --source FILE.jsonl.gz (a local copy)
 Mode = Literal["retrieval", "generator", "no_match", "unsupported_language"]
 
 # The documented settings of the original araT5 chat model (see models.md, "Chat").
@@ -456,7 +456,7 @@ class RetrievalChatModel(ChatModel):
             set_torch_threads(settings.torch_threads)
         status = ensure_index(kb_dir, settings.kb_source, device=run_on, rebuild=settings.kb_auto_build)
         if not status.usable:
-            raise ModelNotInstalled(f"{status.detail}; build it with `{INSTALL_KB}` or set DOCTORAI_KB_SOURCE")
+            raise ModelNotInstalled(f"{status.detail}; fetch it with `{INSTALL_KB}` or set DOCTORAI_KB_SOURCE")
         if status.state == "stale":
             log.warning("using a stale knowledge base: %s", status.detail)
         kb = KnowledgeBase.load(kb_dir, device=run_on)
@@ -656,8 +656,8 @@ def chat_kind(settings: Settings) -> BackendKind:
         if source is not None and not Path(source).exists():
             return False, f"the chat corpus {source} (DOCTORAI_KB_SOURCE) does not exist"
         return False, (
-            f"no knowledge base index in {kb_dir}: run `{INSTALL_KB}` or set DOCTORAI_KB_SOURCE "
-            "(it is then built on first use)"
+            f"no knowledge base index in {kb_dir}: run `{INSTALL_KB}` (downloads MedQuAD from GitHub), "
+            "or set DOCTORAI_KB_SOURCE to a local medquad.jsonl.gz (it is then built on first use)"
         )
 
     def load(spec: ModelSpec, model_dir: Path, device: DevicePolicy) -> RetrievalChatModel:
