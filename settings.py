@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_SECRET = "change-me"  # noqa: S105 - a sentinel that production refuses, not a credential
+SPACES_STORAGE = Path("/data")  # Hugging Face Spaces' persistent storage mount
+
+
+def _writable_dir(path: Path) -> bool:
+    import os
+
+    return path.is_dir() and os.access(path, os.W_OK)
 
 
 class Settings(BaseSettings):
@@ -24,8 +31,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DOCTORAI_", env_file=".env", extra="ignore", populate_by_name=True)
 
     env: Literal["development", "production"] = "development"
-    host: str = "127.0.0.1"
-    port: int = Field(7860, ge=1, le=65535)
+    # Hugging Face Spaces runs `python app.py` with GRADIO_SERVER_NAME / GRADIO_SERVER_PORT set and
+    # never applies an `env:` block, so the platform's names count when DOCTORAI_* are unset.
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("DOCTORAI_HOST", "GRADIO_SERVER_NAME"))
+    port: int = Field(7860, ge=1, le=65535, validation_alias=AliasChoices("DOCTORAI_PORT", "GRADIO_SERVER_PORT"))
+    space_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DOCTORAI_SPACE_ID", "SPACE_ID"),
+        description="set by Hugging Face Spaces; unless DOCTORAI_HOST says otherwise, listen on 0.0.0.0",
+    )
 
     data_dir: Path = PROJECT_ROOT / "data"
     model_dir: Path = PROJECT_ROOT / "assets" / "models"
@@ -146,6 +160,16 @@ class Settings(BaseSettings):
             items = [v.strip() for v in text.split(",") if v.strip()]
             return [] if items == ["none"] else items  # DOCTORAI_PRELOAD=none: load nothing up front
         return value
+
+    @model_validator(mode="after")
+    def _spaces_defaults(self) -> Settings:
+        # On a Space the platform's proxy reaches the app from outside the container: loopback
+        # would refuse every request. Persistent storage, when enabled, is mounted at /data.
+        if self.space_id and "host" not in self.model_fields_set:
+            self.host = "0.0.0.0"
+        if self.space_id and "data_dir" not in self.model_fields_set and _writable_dir(SPACES_STORAGE):
+            self.data_dir = SPACES_STORAGE / "doctorai"
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

@@ -138,3 +138,69 @@ def test_clean_start_fetches_medquad_and_the_first_question_answers(
         assert answer["matched"] is True
         assert answer["sources"][0]["url"] == "https://example.org/glaucoma/symptoms"
     assert (tmp_path / "data" / "corpora" / "medquad.jsonl.gz").exists()
+
+
+def _own_address() -> str | None:
+    """A non-loopback IPv4 address of this machine (a UDP connect sends nothing), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.254", 9))  # TEST-NET-1: only picks the outgoing interface
+            addr = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+def test_python_app_py_on_spaces_listens_where_the_platform_proxy_reaches_it(
+    tmp_path: Path, tiny_model_dir: Path, tiny_registry_file: Path
+) -> None:
+    """Spaces runs ``python app.py`` with only its own variables (no ``env:`` block is applied):
+    the app must listen on GRADIO_SERVER_NAME/PORT, reachable on a non-loopback address."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, wait_until_up
+
+    addr = _own_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to reach the server on")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCTORAI_HOST", "DOCTORAI_PORT"))}
+    env.update(
+        SPACE_ID="someone/doctorai",
+        SPACE_HOST="someone-doctorai.hf.space",
+        GRADIO_SERVER_NAME="0.0.0.0",
+        GRADIO_SERVER_PORT=str(port),
+        DOCTORAI_DATA_DIR=str(tmp_path / "data"),
+        DOCTORAI_MODEL_DIR=str(tiny_model_dir),
+        DOCTORAI_REGISTRY_FILE=str(tiny_registry_file),
+        DOCTORAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        DOCTORAI_BCRYPT_ROUNDS="4",
+    )
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_up(f"http://{addr}:{port}/api/health", proc, log_path, 120, "the Spaces-style app")
+            assert httpx.get(f"http://{addr}:{port}/api/health", timeout=10).json()["status"] == "ok"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_spaces_variables_count_only_when_doctorai_ones_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DOCTORAI_HOST", "DOCTORAI_PORT", "SPACE_ID", "DOCTORAI_SPACE_ID", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    assert Settings(_env_file=None).host == "127.0.0.1"  # a developer's machine: loopback only
+    monkeypatch.setenv("SPACE_ID", "someone/doctorai")
+    assert Settings(_env_file=None).host == "0.0.0.0"
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7861")
+    assert Settings(_env_file=None).port == 7861
+    monkeypatch.setenv("DOCTORAI_HOST", "127.0.0.1")
+    monkeypatch.setenv("DOCTORAI_PORT", "9000")
+    s = Settings(_env_file=None)
+    assert (s.host, s.port) == ("127.0.0.1", 9000)  # an explicit DOCTORAI_* setting wins
