@@ -108,7 +108,7 @@ def main() -> None:
     from api.logs import configure_logging
 
     settings = get_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.resolved_log_format(), settings.log_level)
     # Bounded graceful shutdown: open streaming connections (gradio_client, queues) must not
     # keep a terminated replica alive.
     uvicorn.run(

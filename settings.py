@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     # A queued UI event waits at most this long before it starts.
     gradio_queue_poll_ms: float = Field(5.0, ge=0.5, le=100.0)
 
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] | None = Field(
+        None, description="unset = text when stderr is a terminal (a developer), JSON otherwise (containers)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_token: str | None = Field(
         None,
@@ -178,6 +180,16 @@ class Settings(BaseSettings):
         if self.env == "production" and len(self.secret_key) < 32:
             raise ValueError("DOCTORAI_SECRET_KEY must be at least 32 characters in production")
         return self
+
+    def resolved_log_format(self, stream: object = None) -> Literal["json", "text"]:
+        """``DOCTORAI_LOG_FORMAT``, else text on a terminal and JSON lines elsewhere."""
+        if self.log_format is not None:
+            return self.log_format
+        import sys
+
+        target = stream if stream is not None else sys.stderr
+        isatty = getattr(target, "isatty", None)
+        return "text" if callable(isatty) and isatty() else "json"
 
     @property
     def resolved_kb_auto_fetch(self) -> bool:

@@ -204,3 +204,21 @@ def test_spaces_variables_count_only_when_doctorai_ones_are_unset(monkeypatch: p
     monkeypatch.setenv("DOCTORAI_PORT", "9000")
     s = Settings(_env_file=None)
     assert (s.host, s.port) == ("127.0.0.1", 9000)  # an explicit DOCTORAI_* setting wins
+
+
+def test_log_format_follows_the_terminal_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+    import pty
+
+    monkeypatch.delenv("DOCTORAI_LOG_FORMAT", raising=False)
+    s = Settings(_env_file=None)
+    assert s.resolved_log_format(io.StringIO()) == "json"  # a pipe or file: containers, CI
+    leader, follower = pty.openpty()
+    try:
+        with os.fdopen(follower, "w") as tty:
+            assert s.resolved_log_format(tty) == "text"  # a developer's terminal
+            monkeypatch.setenv("DOCTORAI_LOG_FORMAT", "json")
+            assert Settings(_env_file=None).resolved_log_format(tty) == "json"
+    finally:
+        os.close(leader)
