@@ -112,7 +112,11 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(32.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
 
-    batching: bool = Field(True, description="gather concurrent requests for one model into one batch")
+    batching: bool | None = Field(
+        None,
+        description="gather concurrent requests for one model into one batch; unset = on with a GPU, off on CPU "
+        "(bench/bench_load.py: on a 2-core CPU batching lowered throughput at 2-8 clients)",
+    )
     batch_max_size: int = Field(8, ge=1, le=256)
     batch_max_wait_ms: float = Field(3.0, ge=0.0, le=100.0)
     # Gradio's queue polls for work every 1 ms while idle (and every 10 ms for progress): about

@@ -256,7 +256,9 @@ def serve_and_measure(
     # --- DoctorAI, batching on: cold start, latency, cache, gradio_client, throughput
     port_on = args.port
     t0 = time.perf_counter()
-    batch_env = {"DOCTORAI_BATCH_MAX_SIZE": str(args.batch_max_size)} if args.batch_max_size else {}
+    batch_env = {"DOCTORAI_BATCHING": "true"}  # the default is off on CPU: this server measures "on"
+    if args.batch_max_size:
+        batch_env["DOCTORAI_BATCH_MAX_SIZE"] = str(args.batch_max_size)
     proc = start_doctorai(work, model_dir, registry, port_on, DOCTORAI_PRELOAD="bench", **batch_env)
     url = f"http://127.0.0.1:{port_on}"
     try:

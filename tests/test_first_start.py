@@ -222,3 +222,18 @@ def test_log_format_follows_the_terminal_unless_set(monkeypatch: pytest.MonkeyPa
             assert Settings(_env_file=None).resolved_log_format(tty) == "json"
     finally:
         os.close(leader)
+
+
+def test_batching_default_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference import runtime
+
+    monkeypatch.delenv("DOCTORAI_BATCHING", raising=False)
+    assert Settings(_env_file=None).batching is None
+    assert runtime.resolve_batching(Settings(_env_file=None, device="cpu")) is False
+    assert runtime.resolve_batching(Settings(_env_file=None, device="gpu")) is True
+    monkeypatch.setattr(runtime, "gpu_present", lambda: True)
+    assert runtime.resolve_batching(Settings(_env_file=None, device="auto")) is True
+    monkeypatch.setattr(runtime, "gpu_present", lambda: False)
+    assert runtime.resolve_batching(Settings(_env_file=None, device="auto")) is False
+    monkeypatch.setenv("DOCTORAI_BATCHING", "true")  # an explicit setting wins on any device
+    assert runtime.resolve_batching(Settings(_env_file=None, device="cpu")) is True
