@@ -223,9 +223,11 @@ def build_chat_tab(runtime: Runtime, ui: UiAuth, last_image: gr.State | None = N
 
     with gr.Tab("Medical chat", id="chat", elem_id="tab-chat"):
         gr.HTML(CHAT_NOTICE_HTML)
-        panel = gr.Markdown(install_panel, elem_id="chat-install")
-        # Polls only while a fetch may run: the first tick after it ends switches the timer off.
-        ticker = gr.Timer(1.0, active=installer is not None)
+        # A plain value plus a private timer rather than a callable value: Gradio would publish a
+        # callable's page-load event in the API. The first tick (1 s after the page opens)
+        # refreshes the panel, and the timer keeps ticking only while a fetch runs.
+        panel = gr.Markdown(install_panel(), elem_id="chat-install")
+        ticker = gr.Timer(1.0, active=True)
         ticker.tick(refresh_panel, outputs=[panel, ticker], api_visibility="private", queue=False)
         chatbot = gr.Chatbot(
             label="DoctorAI chat",

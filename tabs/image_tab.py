@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from auth.audit import result_summary
+from inference.errors import DoctorAIError
+from inference.overlay import display_image
 from inference.registry import ModelSpec
 from inference.runtime import Runtime
 from inference.service import AnalysisResult
@@ -45,11 +49,43 @@ def read_upload(path: str, kept: tuple[str, bytes] | None) -> tuple[str, bytes]:
     raise gr.Error("The uploaded file is gone (uploads are deleted after analysis); upload it again.")
 
 
+PREVIEW_MAX_SIDE = 768
+FULL_RESOLUTION = 1 << 30  # display_image never upscales: this keeps the decoded size
+
+
+def preview_note(img: Any) -> str:
+    """One line under the preview: format, size and, for DICOM, the window it was rendered with."""
+    h, w = img.pixels.shape[:2]
+    parts = [f"{img.format}", f"{w} x {h} px"]
+    window = img.meta.get("window")
+    if window:
+        parts.append(f"window {window}")
+    return "Preview: " + ", ".join(parts) + " (as decoded for the model)."
+
+
+def write_pngs(result: AnalysisResult, opacity: float, colormap: str) -> list[str] | None:
+    """The decoded input and its overlay as full-resolution PNGs in Gradio's cache folder (which
+    ``delete_cache`` empties after 15 minutes), or None without an explanation."""
+    original = result.display_pixels(FULL_RESOLUTION)
+    overlay = result.explanation_image(opacity, colormap, FULL_RESOLUTION)
+    if original is None or overlay is None:
+        return None
+    folder = Path(gr.utils.get_upload_folder()) / f"doctorai-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, pixels in ((f"{result.model_id}-original.png", original), (f"{result.model_id}-overlay.png", overlay)):
+        path = folder / name
+        Image.fromarray(pixels).save(path, format="PNG")
+        paths.append(str(path))
+    return paths
+
+
 def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: gr.State | None = None) -> None:
     """One image model's tab; ``last_result`` (optional, shared by all tabs) receives each
     analysis as an ``ImageContext`` so the chat tab can ask about it."""
     settings = runtime.settings
     names = spec.class_names
+    heatmaps = spec.backend == "keras_image"  # Grad-CAM models: original | overlay slider, PNG downloads
 
     def analyze(
         path: str | None,
@@ -70,6 +106,30 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
 
     def rerender(result: AnalysisResult | None, opacity: float, show_heatmap: bool) -> np.ndarray | None:
         return None if result is None else _render(result, opacity, show_heatmap)
+
+    def preview(path: str | None, kept: tuple[str, bytes] | None) -> tuple[Any, str, Any]:
+        """The decoded upload (DICOM rendered with its window) as soon as a file is chosen. The
+        bytes move into the session state, as after an analysis, and the temporary file goes."""
+        if not path:
+            return None, "", None
+        try:
+            path, data = read_upload(path, kept)
+        except gr.Error:  # already analysed and deleted by a quick click on Analyze
+            return gr.update(), "", kept
+        try:
+            img = runtime.analyzer.decode(data, Path(path).name)
+        except DoctorAIError as exc:
+            return None, f"**Cannot read this file:** {exc.message}", (path, data)
+        return display_image(img.pixels, PREVIEW_MAX_SIDE), preview_note(img), (path, data)
+
+    def compare(result: AnalysisResult | None, opacity: float) -> tuple[Any, Any]:
+        """Original and overlay for the slider, and both as full-resolution PNG downloads."""
+        if result is None:
+            return None, None
+        overlay = result.explanation_image(opacity, settings.heatmap_colormap)
+        if overlay is None:
+            return None, None
+        return (result.display_pixels(), overlay), write_pngs(result, opacity, settings.heatmap_colormap)
 
     def _render(result: AnalysisResult, opacity: float, show_heatmap: bool) -> np.ndarray | None:
         if show_heatmap:
@@ -96,6 +156,16 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
                     type="filepath",
                     elem_id=f"upload-{spec.id}",
                 )
+                shown = gr.Image(
+                    label="Preview of the chosen file",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=280,
+                    buttons=[],
+                    elem_id=f"preview-{spec.id}",
+                )
+                shown_note = gr.Markdown(elem_id=f"preview-note-{spec.id}")
                 button = gr.Button("Analyze", variant="primary", elem_id=f"analyze-{spec.id}")
                 opacity = gr.Slider(0.0, 1.0, value=settings.heatmap_opacity, step=0.05, label="Heatmap opacity")
                 show = gr.Checkbox(value=True, label="Show Grad-CAM heatmap (untick for the plain image)")
@@ -110,7 +180,21 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
                     interactive=False,
                     elem_id=f"heatmap-{spec.id}",
                 )
-                info = gr.Markdown(elem_id=f"info-{spec.id}")
+                info = gr.Markdown(label="Summary", elem_id=f"info-{spec.id}")
+                if heatmaps:
+                    slider = gr.ImageSlider(
+                        label="Original | Grad-CAM overlay (drag the handle to compare)",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_id=f"compare-{spec.id}",
+                    )
+                    downloads = gr.File(
+                        label="Full-resolution PNGs: original and overlay",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id=f"downloads-{spec.id}",
+                    )
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card_markdown(spec))
         state = gr.State(None)
@@ -122,6 +206,11 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
             api_name=f"predict_{spec.id}",
             concurrency_limit=None,
         )
+        # UI-only events are private: not in view_api() and not callable by name.
+        upload.change(preview, inputs=[upload, kept], outputs=[shown, shown_note, kept], api_visibility="private")
+        if heatmaps:
+            analysed.success(compare, inputs=[state, opacity], outputs=[slider, downloads], api_visibility="private")
+            opacity.release(compare, inputs=[state, opacity], outputs=[slider, downloads], api_visibility="private")
         if last_result is not None:  # the chat tab's "ask about my image result" (tabs/chat_tab.py)
             from inference.chat_service import ImageContext
 

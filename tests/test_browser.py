@@ -41,6 +41,14 @@ def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Pa
         expect(page.get_by_text("Research use only, not a diagnosis.").first).to_be_visible()
         page.get_by_role("tab", name="Tumor").click()
         page.locator("#upload-tumor input[type=file]").set_input_files(str(upload))
+        # the decoded image shows as soon as the file is chosen, before any analysis
+        preview = page.locator("#preview-tumor img")
+        expect(preview).to_be_visible(timeout=30_000)
+        assert preview.evaluate("el => el.naturalWidth") == 120
+        expect(page.locator("#preview-note-tumor")).to_contain_text("PNG, 120 x 120 px")
+        expect(page.locator("#label-tumor")).not_to_contain_text("%")
+        page.screenshot(path=str(tmp_path / "ui_preview_before_analysis.png"), full_page=True)
+        keep_screenshot(tmp_path / "ui_preview_before_analysis.png")
         page.locator("#analyze-tumor").click()
         label = page.locator("#label-tumor")
         expect(label).to_contain_text("Glioma", timeout=60_000)
@@ -51,6 +59,14 @@ def test_upload_and_see_probabilities_and_heatmap(live_server: str, tmp_path: Pa
         # the heatmap really is an image that rendered (non-zero natural size)
         width = heat.evaluate("el => el.naturalWidth")
         assert width == 120
+        # original and overlay in the slider, and both as full-resolution PNG downloads
+        pair = page.locator("#compare-tumor img")
+        expect(pair).to_have_count(2, timeout=30_000)
+        assert pair.evaluate_all("els => els.map(e => e.naturalWidth)") == [120, 120]
+        downloads = page.locator("#downloads-tumor")
+        expect(downloads).to_contain_text("tumor-original", timeout=30_000)
+        expect(downloads).to_contain_text("tumor-overlay")
+        page.locator("#compare-tumor").scroll_into_view_if_needed()
         page.screenshot(path=str(shot), full_page=True)
         # a model without weights explains itself instead of failing
         page.get_by_role("tab", name="Absent").click()
