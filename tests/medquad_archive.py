@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,6 +105,7 @@ class ArchiveServer:
     body: bytes
     status: int = 200
     truncate_to: int | None = None  # send only this many bytes of a body announced in full
+    delay_s: float = 0.0  # a slow network: wait this long before answering
     requests: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -116,6 +118,7 @@ def serve_archive(body: bytes) -> Iterator[ArchiveServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.requests.append(self.path)
+            time.sleep(state.delay_s)
             data = state.body
             self.send_response(state.status)
             self.send_header("Content-Type", "application/zip")
