@@ -191,3 +191,96 @@ def test_one_epoch_fine_tune_of_a_tiny_pretrained_style_network(tmp_path: Path) 
     assert pred.explanation is not None
     assert pred.explanation.shape == (SIZE // 8, SIZE // 8)
     assert np.all((pred.explanation >= 0) & (pred.explanation <= 1))
+
+
+def test_the_probe_folds_into_one_dense_layer_exactly() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from inference.heads import apply_head
+    from inference.probe import dense_weights, fit_probe, raw_from_dense
+    from inference.registry import Head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (80, 6))
+    y = (x[:, 0] + rng.normal(0, 1, 80) > 3).astype(int)
+    w, b = fit_probe(x, y, 0.5)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000).fit((x - mu) / sd, y)
+    p1 = ref.predict_proba((x - mu) / sd)[:, 1]
+    for head in (Head.SIGMOID_MULTI, Head.SIGMOID_SINGLE, Head.SOFTMAX):
+        kernel, bias = dense_weights(head, w, b, 2)
+        probs = apply_head(raw_from_dense(head, x, kernel, bias), head)
+        np.testing.assert_allclose(probs[:, 1], p1, atol=1e-6)
+    y3 = np.digitize(x[:, 1], [2.0, 4.0])
+    w3, b3 = fit_probe(x, y3, 1.0)
+    kernel, bias = dense_weights(Head.SOFTMAX, w3, b3, 3)
+    ref3 = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit((x - mu) / sd, y3)
+    np.testing.assert_allclose(
+        raw_from_dense(Head.SOFTMAX, x, kernel, bias), ref3.predict_proba((x - mu) / sd), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="cannot drive"):
+        dense_weights(Head.SIGMOID_SINGLE, w3, b3, 3)
+
+
+@pytest.mark.slow
+def test_probe_selects_by_patient_grouped_cv_and_installs_one_served_model(tmp_path: Path) -> None:
+    """Selection, calibration, the served file and the card, on generated photos of 16
+    "patients" through a random-weight Lite0 backbone (what is checked is the machinery)."""
+    import keras
+
+    from inference.backends.keras_image import KerasImageBackend
+    from inference.efficientnet_lite import build_backbone
+    from inference.probe import run_probe
+
+    keras.utils.set_random_seed(1)
+    backbone = tmp_path / "lite0.keras"
+    build_backbone(None).save(backbone)
+    rng = np.random.default_rng(3)
+    for split, patients in (("train", range(1, 13)), ("val", range(13, 17))):
+        for p in patients:
+            cls, prefix = ("Monkeypox", "M") if p % 2 else ("Others", "NM")
+            d = tmp_path / "data" / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            colour = np.array((200, 80, 70) if p % 2 else (80, 110, 200))
+            for photo in (1, 2):
+                img = np.clip(colour + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{prefix}{p:02d}_{photo:02d}.png")
+                if split == "train":  # an augmented copy, used only by the "with copies" recipes
+                    Image.fromarray(np.rot90(img).copy()).save(d / f"{prefix}{p:02d}_{photo:02d}_01.png")
+    registry = tmp_path / "models.yaml"
+    spec = Registry.from_yaml(Path("assets/models.yaml"))["monkeypox"].model_dump(mode="json", exclude_none=True)
+    spec["card"] = {"summary": "test-only", "cv_evaluation": {"accuracy": 0.1}}
+    spec["weights"] = {"file": "pox.keras"}
+    registry.write_text(yaml.safe_dump({"models": [spec]}, sort_keys=False))
+
+    s = run_probe(
+        "monkeypox", tmp_path / "data", tmp_path / "run", registry=registry, model_dir=tmp_path / "models",
+        backbone=backbone, size=32, c_grid=(0.01, 1.0), cuts=("block14",), seeds=(1,), folds=2, install=True,
+    )  # fmt: skip
+
+    assert len(s["cv"]) == 4  # 2 C values x with/without the augmented copies
+    assert s["originals"] == 32
+    assert sum(f["accuracy"] >= 0 for f in s["chosen"]["folds_first_seed"]) == 2
+    assert s["fold_in_max_error"] < 1e-4
+    assert s["installed"] is True
+    assert (tmp_path / "run" / "features.npz").is_file()
+    new = Registry.from_yaml(registry)["monkeypox"]
+    assert new.version == "2.0.0"
+    assert (new.input.scale, new.input.offset, new.input.size) == (0.0078125, -0.9921875, 32)
+    assert new.options["architecture"] == "efficientnet_lite0"
+    assert "backbone_weights" not in new.options  # a training input, not part of the served model
+    assert new.card["cv_evaluation"]["accuracy"] == pytest.approx(s["chosen"]["first_seed"]["mean_accuracy"], abs=1e-4)
+    assert "2-fold patient-grouped CV" in new.card["cv"]
+    assert "fitted on" in new.card["calibration"]
+    assert new.calibration.fitted_on is not None
+    assert "out-of-fold" in new.calibration.fitted_on
+    model = keras.saving.load_model(tmp_path / "models" / "pox.keras", compile=False, safe_mode=True)
+    pred = KerasImageBackend(new, model, "cpu").predict([np.zeros((50, 40, 3), np.uint8)]).predictions[0]
+    assert pred.explanation is not None
+    # a second run reuses the cached features and, no better than what is installed, keeps it
+    again = run_probe(
+        "monkeypox", tmp_path / "data", tmp_path / "run", registry=registry, model_dir=tmp_path / "models",
+        backbone=backbone, size=32, c_grid=(0.01, 1.0), cuts=("block14",), seeds=(1,), folds=2, install=True,
+    )  # fmt: skip
+    assert again["installed"] is False
+    assert Registry.from_yaml(registry)["monkeypox"].version == "2.0.0"
