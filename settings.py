@@ -102,6 +102,9 @@ class Settings(BaseSettings):
         description="model ids to load after start-up; all = every installed image model; none",
     )
     memory_budget_mb: int = Field(6144, ge=0, description="unload least-recently-used models above this; 0 = no limit")
+    experimental_models: bool = Field(
+        False, description="also serve models whose own evidence misses their floor (marked experimental)"
+    )
 
     cache_enabled: bool = True
     cache_dir: Path | None = None

@@ -37,6 +37,9 @@ class PredictResponse(BaseModel):
     timing_breakdown_ms: dict[str, float]
     cached: bool
     sha256: str
+    # why the model is experimental (its own evidence misses its floor); only ever set where
+    # DOCTORAI_EXPERIMENTAL_MODELS lets such a model answer at all (otherwise: 403 with the reason)
+    experimental: str | None = None
     notice: str = RESEARCH_NOTICE
 
 
@@ -141,6 +144,7 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
                 "classes": [c.model_dump() for c in s.classes],
                 "version": s.version,
                 "state": status[s.id]["state"],
+                "experimental": s.below_floor,
             }
             for s in runtime.registry
         ]
@@ -212,6 +216,7 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
             timing_breakdown_ms={k: round(v, 3) for k, v in result.timing_ms.items()},
             cached=result.cached,
             sha256=result.sha256,
+            experimental=spec.below_floor,
         )
 
     return router

@@ -22,6 +22,17 @@ saved ``.keras`` files load with ``safe_mode=True``.
 * ``brain_cnn``: the original brain tumour Sequential CNN (Conv64 -> Conv512 -> Conv256 ->
   Conv128 with max-pooling, Dense 256 -> 128 -> out).
 * ``small_cnn``: a plain four-block CNN in the spirit of the original chest X-ray model.
+* ``efficientnet_lite0``: ImageNet-pretrained EfficientNet-Lite0 (:mod:`inference.efficientnet_lite`,
+  ~3.4M parameters without the ImageNet top) -> global average pool -> dropout -> dense, fine-tuned
+  end to end. Its weights come from the Keras backbone that
+  ``python -m inference.train import-backbone efficientnet_lite0`` writes (default
+  ``runs/backbones/efficientnet_lite0_notop.keras``, or ``options.backbone_weights``); the
+  trainer refuses to start without it unless ``options.pretrained: false`` (from scratch).
+  It expects ``(pixels - 127) / 128``: spec input ``scale: 0.0078125, offset: -0.9921875``.
+  Grad-CAM explains ``gradcam_features``, the 14x14x112 stride-16 map at 224 px.
+  ``options.drop_connect`` (stochastic depth, default 0.2) and ``options.lite_width`` /
+  ``options.lite_stages`` / ``options.lite_head`` (smaller or cut networks: tests, and the
+  monkeypox probe on the first six stages) apply.
 """
 
 from __future__ import annotations
@@ -183,14 +194,44 @@ def _small_cnn(size: int, channels: int, n_out: int, activation: str, opts: dict
     return keras.Model(inp, out, name="small_cnn")
 
 
+def _efficientnet_lite0(size: int, channels: int, n_out: int, activation: str, opts: dict[str, Any]) -> Any:
+    import keras
+    from keras import layers
+
+    from inference.efficientnet_lite import LITE0_BLOCKS, build_backbone, copy_weights_by_name
+
+    stages = LITE0_BLOCKS[: int(opts.get("lite_stages", len(LITE0_BLOCKS)))]
+    base = build_backbone(
+        size,
+        channels,
+        width=float(opts.get("lite_width", 1.0)),
+        stages=stages,
+        drop_connect=float(opts.get("drop_connect", 0.2)),
+        bn_momentum=float(opts.get("bn_momentum", 0.99)),
+        head_conv=bool(opts.get("lite_head", True)),
+    )
+    weights = opts.get("backbone_weights")
+    if weights:
+        # layer by layer, by name: the file is the bare ported network, ours also has
+        # stochastic-depth dropouts and the Grad-CAM alias, which carry no weights
+        src = keras.saving.load_model(str(weights), compile=False, safe_mode=True)
+        copy_weights_by_name(src, base)
+    x = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = layers.Dropout(float(opts.get("dropout", 0.2)), name="dropout")(x)
+    out = layers.Dense(n_out, activation=activation, name="predictions", dtype="float32")(x)
+    return keras.Model(base.input, out, name="efficientnet_lite0")
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """One selectable network: its builder, the layer Grad-CAM explains by default and
-    whether ``options.backbone_weights`` applies to it."""
+    """One selectable network: its builder, the layer Grad-CAM explains by default,
+    whether ``options.backbone_weights`` applies to it and, for networks meant to start
+    from pretrained weights, the backbone :mod:`inference.backbones` imports for it."""
 
     build: Builder
     gradcam_layer: str
     pretrainable: bool = False
+    default_backbone: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -199,6 +240,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "densenet201_cut": Architecture(_densenet201_cut, "conv5_block16_0_bn", pretrainable=True),
     "brain_cnn": Architecture(_brain_cnn, "conv4"),
     "small_cnn": Architecture(_small_cnn, GRADCAM_LAYER),
+    "efficientnet_lite0": Architecture(
+        _efficientnet_lite0, GRADCAM_LAYER, pretrainable=True, default_backbone="efficientnet_lite0"
+    ),
 }
 
 

@@ -66,6 +66,12 @@ class ModelNotInstalled(DoctorAIError):
     status_code = 503
 
 
+class ModelExperimental(DoctorAIError):
+    """The model's own evidence misses its floor and experimental models are not enabled."""
+
+    status_code = 403
+
+
 class ModelLoadFailed(DoctorAIError):
     """The weights exist but could not be loaded (bad file, checksum mismatch, ...)."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from inference.backends.base import Backend, DevicePolicy
-from inference.errors import DoctorAIError, InvalidInput, ModelLoadFailed, ModelNotInstalled
+from inference.errors import DoctorAIError, InvalidInput, ModelExperimental, ModelLoadFailed, ModelNotInstalled
 from inference.registry import ModelSpec, Registry, file_sha256
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ModelState(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    DISABLED = "disabled"  # experimental (below its floor) and DOCTORAI_EXPERIMENTAL_MODELS is off
 
 
 def default_loaders() -> dict[str, BackendLoader]:
@@ -103,7 +104,11 @@ class ModelManager:
         loaders: dict[str, BackendLoader] | None = None,
         verify_checksums: bool = True,
         kinds: dict[str, BackendKind] | None = None,
+        serve_experimental: bool = True,
     ) -> None:
+        # serve_experimental: the app passes DOCTORAI_EXPERIMENTAL_MODELS (off by default);
+        # measuring tools (evaluate, benches) keep the default and see every model.
+        self.serve_experimental = serve_experimental
         self.registry = registry
         self.model_dir = Path(model_dir)
         self.device = device
@@ -134,8 +139,25 @@ class ModelManager:
             return False, f"model not installed: put {path.name} in {path.parent}"
         return True, None
 
+    def experimental_reason(self, model_id: str) -> str | None:
+        """Why the model is experimental (:attr:`ModelSpec.below_floor`), or None."""
+        return self._slot(model_id).spec.below_floor
+
+    def disabled_message(self, model_id: str) -> str | None:
+        """The user-facing reason an experimental model is not served here, or None."""
+        spec = self._slot(model_id).spec
+        reason = spec.below_floor
+        if reason is None or self.serve_experimental:
+            return None
+        return (
+            f"{spec.display_name} is experimental and not served: {reason}. "
+            "An administrator can enable experimental models with DOCTORAI_EXPERIMENTAL_MODELS=true"
+        )
+
     def state(self, model_id: str) -> ModelState:
         slot = self._slot(model_id)
+        if self.disabled_message(model_id) is not None:
+            return ModelState.DISABLED
         if slot.state in (ModelState.NOT_LOADED, ModelState.NOT_INSTALLED):
             ok, _ = self._installed(slot.spec)
             return ModelState.NOT_LOADED if ok else ModelState.NOT_INSTALLED
@@ -151,6 +173,9 @@ class ModelManager:
                 entry["detail"] = self._installed(slot.spec)[1]
             if state is ModelState.FAILED:
                 entry["error"] = slot.error
+            reason = slot.spec.below_floor
+            if reason is not None:
+                entry["experimental"] = reason
             if slot.load_seconds is not None:
                 entry["load_seconds"] = round(slot.load_seconds, 3)
             out[model_id] = entry
@@ -174,6 +199,9 @@ class ModelManager:
     def get_model(self, model_id: str) -> LoadedModel:
         """Like :meth:`get` for any kind (the chat model included)."""
         slot = self._slot(model_id)
+        disabled = self.disabled_message(model_id)
+        if disabled is not None:
+            raise ModelExperimental(disabled)
         backend = slot.backend
         if backend is not None:  # fast path, no lock on the hot path
             self._touch(model_id)
@@ -273,7 +301,11 @@ class ModelManager:
         for model_id in model_ids:
             if model_id in self.registry:
                 slot = self._slots[model_id]
-                if slot.state is ModelState.NOT_LOADED and self._installed(slot.spec)[0]:
+                if (
+                    slot.state is ModelState.NOT_LOADED
+                    and self._installed(slot.spec)[0]
+                    and self.disabled_message(model_id) is None
+                ):
                     slot.state = ModelState.LOADING
 
     def preload(self, model_ids: Iterable[str], background: bool = True) -> None:

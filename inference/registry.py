@@ -92,6 +92,12 @@ class ModelSpec(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration)
     card: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    # The least the model's own evidence must show to be presented as a working model
+    # (metric -> value; ``ece`` is a ceiling). ``evidence`` names that evidence: ``val`` =
+    # ``card.evaluation``, ``cv`` = ``card.cv_evaluation`` (patient-grouped CV). Below it the
+    # model is experimental: served only with DOCTORAI_EXPERIMENTAL_MODELS (ModelManager).
+    floor: dict[str, float] = Field(default_factory=dict)
+    evidence: Literal["val", "cv"] = "val"
 
     @model_validator(mode="after")
     def _check_head(self) -> ModelSpec:
@@ -124,11 +130,41 @@ class ModelSpec(BaseModel):
         """Width of the raw model output."""
         return 1 if self.head in (Head.SIGMOID_SINGLE, Head.BINARY_CLASSIFIER) else len(self.classes)
 
+    @property
+    def below_floor(self) -> str | None:
+        """Why this model is experimental (its own evidence misses ``floor``), or None.
+
+        Missing evidence counts as missing the floor: a model is presented as working only on
+        measured numbers.
+        """
+        if not self.floor:
+            return None
+        key, what = EVIDENCE[self.evidence]
+        measured = self.card.get(key) or {}
+        misses = []
+        for metric, bound in self.floor.items():
+            value = measured.get(metric)
+            if value is None:
+                misses.append(f"{metric} not measured")
+            elif metric in CEILING_METRICS and float(value) > bound:
+                misses.append(f"{metric} {float(value):.3f} > {bound:g}")
+            elif metric not in CEILING_METRICS and float(value) < bound:
+                misses.append(f"{metric} {float(value):.3f} < {bound:g}")
+        if not misses:
+            return None
+        where = f" on {measured['data']}" if measured.get("data") else ""
+        return f"its own evidence ({what}{where}) is below the floor: {', '.join(misses)}"
+
     def weights_path(self, model_dir: Path) -> Path | None:
         if self.weights is None:
             return None
         p = Path(self.weights.file)
         return p if p.is_absolute() else model_dir / p
+
+
+# ModelSpec.evidence -> (card key holding the measured metrics, what people read)
+EVIDENCE = {"val": ("evaluation", "validation"), "cv": ("cv_evaluation", "patient-grouped cross-validation")}
+CEILING_METRICS = frozenset({"ece"})
 
 
 class Registry:

@@ -127,6 +127,7 @@ def build_runtime(settings: Settings, registry: Registry | None = None) -> Runti
         device=settings.device,
         memory_budget_bytes=settings.memory_budget_mb * 2**20,
         kinds={"chat": chat_kind(settings)},
+        serve_experimental=settings.experimental_models,
     )
     cache = PredictionCache(
         settings.resolved_cache_dir if settings.cache_enabled else None,

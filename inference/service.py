@@ -18,7 +18,7 @@ import numpy as np
 from inference.backends.base import BatchOutput, Prediction
 from inference.batching import MicroBatcher, Ticket
 from inference.cache import PredictionCache, cache_key
-from inference.errors import ImageTooLarge, InvalidInput
+from inference.errors import ImageTooLarge, InvalidInput, ModelExperimental
 from inference.explain import render_explanation
 from inference.imaging import DecodedImage, decode_image, sha256_bytes, to_png_bytes
 from inference.manager import ModelManager
@@ -192,6 +192,9 @@ class Analyzer:
         spec = self.manager.registry[model_id]
         if not spec.is_image_model:
             raise InvalidInput(f"{spec.display_name} does not analyse images")
+        disabled = self.manager.disabled_message(spec.id)
+        if disabled is not None:  # before the cache: a result kept from when it was enabled is not served
+            raise ModelExperimental(disabled)
         if not data:
             raise InvalidInput("the uploaded file is empty; upload a PNG, JPEG, BMP, TIFF, WebP or DICOM image")
         if len(data) > self.max_bytes:

@@ -42,6 +42,12 @@ _CARD_FIELDS = [
 def model_card_markdown(spec: ModelSpec) -> str:
     """The card of one model as Markdown, always ending with the research-use notice."""
     lines = [f"### {spec.display_name} (`{spec.id}` v{spec.version})", ""]
+    if spec.below_floor:
+        lines += [
+            f"**Status: experimental.** Not presented as a working model: {spec.below_floor}. "
+            "Served only where DOCTORAI_EXPERIMENTAL_MODELS=true.",
+            "",
+        ]
     for key, title in _CARD_FIELDS:
         value = spec.card.get(key)
         if value:

@@ -32,7 +32,8 @@ def _summary(result: AnalysisResult) -> str:
         f"**Time:** {total:.0f} ms{loaded} · **Cache:** {cache} · "
         f"**Model:** `{result.model_id}` v{result.spec.version}  \n"
         f"**Input:** {result.image.format if result.image else '?'} · sha256 `{result.sha256[:12]}…`  \n"
-        "_Research use only, not a diagnosis._"
+        + (f"**Experimental model:** {result.spec.below_floor}.  \n" if result.spec.below_floor else "")
+        + "_Research use only, not a diagnosis._"
     )
 
 
@@ -140,6 +141,15 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
 
     with gr.Tab(spec.display_name, id=spec.id, elem_id=f"tab-{spec.id}"):
         gr.HTML(NOTICE_HTML)
+        disabled = runtime.manager.disabled_message(spec.id)
+        if disabled:
+            gr.Markdown(f"### ⛔ Experimental model, not enabled\n{disabled}.", elem_classes=["doctorai-experimental"])
+        elif spec.below_floor:
+            gr.Markdown(
+                f"### ⚠️ Experimental model\nServed because experimental models are enabled, but "
+                f"{spec.below_floor}. Do not rely on its output.",
+                elem_classes=["doctorai-experimental"],
+            )
         missing = runtime.manager.missing_weights_message(spec.id)
         if missing:
             gr.Markdown(
