@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.logs import current_request_id
 from auth.audit import AuditEntry, result_summary
@@ -38,6 +38,13 @@ class PredictResponse(BaseModel):
     cached: bool
     sha256: str
     notice: str = RESEARCH_NOTICE
+    # models with a numeric estimate beside the class (conjunctiva: haemoglobin):
+    # {name, value, unit, interval: [low, high], level}; None for the others
+    estimate: dict[str, Any] | None = None
+    # how the class and the estimate compare: "agree", "borderline" or "disagree" (None without one)
+    agreement: str | None = None
+    # what the user should know about this input or result (e.g. no alpha mask), readable sentences
+    notes: list[str] = Field(default_factory=list)
 
 
 class _DependencyChecks:
@@ -209,6 +216,13 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
             timing_breakdown_ms={k: round(v, 3) for k, v in result.timing_ms.items()},
             cached=result.cached,
             sha256=result.sha256,
+            estimate=result.prediction.extra.get("estimate"),
+            agreement=result.prediction.extra.get("agreement"),
+            notes=[
+                str(n)
+                for n in (result.prediction.extra.get("agreement_note"), result.prediction.extra.get("input_note"))
+                if n
+            ],
         )
 
     return router
