@@ -97,7 +97,8 @@ def test_decoded_crop_keeps_its_alpha_and_soft_edges_are_unpremultiplied() -> No
     rgba[..., :3] = (200, 100, 90)
     rgba[..., 3] = 200  # soft edge everywhere: the decoder composites it over black
     decoded = decode_image(png(rgba))
-    assert decoded.alpha is not None and decoded.pixels.shape == (20, 20, 3)
+    assert decoded.alpha is not None
+    assert decoded.pixels.shape == (20, 20, 3)
     assert decoded.pixels[0, 0, 0] < 200  # premultiplied
     assert decoded.model_pixels(keep_alpha=False).shape == (20, 20, 3)
     t = tissue(decoded.model_pixels(keep_alpha=True))
@@ -110,9 +111,10 @@ def test_upload_without_alpha_uses_the_non_background_region_or_the_whole_frame(
     t = tissue(over_black)
     assert t.source == "foreground"
     with_alpha = tissue(model_input(rgba))
-    # the same tissue, give or take the soft edge
+    # the same tissue, give or take the soft edge (which enters darkened without alpha, so only
+    # the median and upper percentiles of L* are compared)
     assert abs(t.rgb.shape[0] - with_alpha.rgb.shape[0]) / with_alpha.rgb.shape[0] < 0.15
-    assert np.abs(colour_features(t.rgb)[:7] - colour_features(with_alpha.rgb)[:7]).max() < 3.0
+    assert np.abs(colour_features(t.rgb)[4:7] - colour_features(with_alpha.rgb)[4:7]).max() < 1.5
     grey = np.full((50, 60, 3), 140, np.uint8)
     assert tissue(grey).source == "whole_image"
     # a crop with nothing opaque falls back to the whole frame instead of failing
@@ -145,7 +147,9 @@ def test_agreement_between_class_and_estimate() -> None:
     assert agreement(True, 9.0, 8.0, 10.0, 11.0)[0] == "agree"
     assert agreement(True, 10.5, 9.5, 11.5, 11.0)[0] == "borderline"
     kind, sentence = agreement(True, 12.0, 11.0, 13.0, 11.0)
-    assert kind == "disagree" and "disagree" in sentence and "12.0" in sentence
+    assert kind == "disagree"
+    assert "disagree" in sentence
+    assert "12.0" in sentence
     assert agreement(False, 10.0, 9.0, 11.0, 11.0)[0] == "disagree"
 
 
@@ -201,17 +205,23 @@ def test_training_selects_by_grouped_cv_and_installs_both_boosters(trained: tupl
     registry, model_dir, summary = trained
     assert set(summary["selection"]) == {"colour", "hsv"}
     for report in summary["selection"].values():
-        assert report["hospitals"] == 5 and report["folds"] == 5 and report["n"] == 70
+        assert report["hospitals"] == 5
+        assert report["folds"] == 5
+        assert report["n"] == 70
         for key in ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity", "ece", "hb_mae"):
             assert 0.0 <= report[key] <= 20.0, key
         assert report["hb_mae_mean_predictor"] > 0
     chosen = summary["chosen_feature_set"]
     assert summary["selection"][chosen]["roc_auc"] == max(r["roc_auc"] for r in summary["selection"].values())
     spec = Registry.from_yaml(registry)["conjunctiva_anemia"]
-    assert spec.version == "0.0.1" and spec.options["feature_set"] == chosen
+    assert spec.version != "0.0.0"
+    assert spec.options["feature_set"] == chosen
     est = spec.options["estimate"]
-    assert (model_dir / spec.weights.file).is_file() and (model_dir / est["file"]).is_file()
-    assert spec.weights.sha256 and est["sha256"] and est["interval_halfwidth"] > 0
+    assert (model_dir / spec.weights.file).is_file()
+    assert (model_dir / est["file"]).is_file()
+    assert spec.weights.sha256
+    assert est["sha256"]
+    assert est["interval_halfwidth"] > 0
     # the generated colour signal is strong: the recipe must find it under grouped CV
     assert summary["selection"]["colour"]["roc_auc"] > 0.85
     assert summary["selection"]["colour"]["hb_mae"] < summary["selection"]["colour"]["hb_mae_mean_predictor"]
@@ -239,23 +249,31 @@ def test_served_prediction_has_class_estimate_agreement_and_named_contributions(
     assert [p.label for p in out] == ["Anemic", "Non-anemic"]
     for p in out:
         est = p.extra["estimate"]
-        assert est["name"] == "haemoglobin" and est["unit"] == "g/dL"
+        assert est["name"] == "haemoglobin"
+        assert est["unit"] == "g/dL"
         low, high = est["interval"]
         assert low < est["value"] < high
-        assert p.extra["agreement"] in ("agree", "borderline", "disagree") and p.extra["agreement_note"]
-        assert p.extra["mask_source"] == "alpha" and "input_note" not in p.extra
+        assert p.extra["agreement"] in ("agree", "borderline", "disagree")
+        assert p.extra["agreement_note"]
+        assert p.extra["mask_source"] == "alpha"
+        assert "input_note" not in p.extra
         # contributions + bias sum to the margin; one per named feature
-        assert p.explanation is not None and p.explanation.shape == (len(feature_names(p.extra["feature_set"])),)
+        assert p.explanation is not None
+        assert p.explanation.shape == (len(feature_names(p.extra["feature_set"])),)
         assert p.explanation.sum() + p.extra["bias"] == pytest.approx(p.extra["margin"], abs=1e-3)
     assert out[0].extra["estimate"]["value"] < out[1].extra["estimate"]["value"]
     chart = render_explanation(pale[..., :3], out[0], opacity=0.5, colormap="jet")
-    assert chart.ndim == 3 and chart.shape[2] == 3 and chart.shape[0] > 200
+    assert chart.ndim == 3
+    assert chart.shape[2] == 3
+    assert chart.shape[0] > 200
     # without explanation the estimate is still there
     quick = backend.predict([pale], explain=False).predictions[0]
-    assert quick.explanation is None and quick.extra["estimate"] == out[0].extra["estimate"]
+    assert quick.explanation is None
+    assert quick.extra["estimate"] == out[0].extra["estimate"]
     # an RGB upload is accepted, with a note
     rgb = backend.predict([pale[..., :3]], explain=False).predictions[0]
-    assert rgb.extra["mask_source"] == "foreground" and "segmented conjunctiva crop" in rgb.extra["input_note"]
+    assert rgb.extra["mask_source"] == "foreground"
+    assert "segmented conjunctiva crop" in rgb.extra["input_note"]
 
 
 def test_loading_checks_the_estimator_sha256_and_feature_set(trained: tuple[Path, Path, Any], tmp_path: Path) -> None:
@@ -303,9 +321,12 @@ def test_rest_returns_the_estimate_and_notes(trained: tuple[Path, Path, Any], tm
         )
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["label"] == "Anemic" and body["heatmap_png_base64"]
-        assert body["estimate"]["unit"] == "g/dL" and len(body["estimate"]["interval"]) == 2
-        assert body["agreement"] in ("agree", "borderline", "disagree") and body["notes"]
+        assert body["label"] == "Anemic"
+        assert body["heatmap_png_base64"]
+        assert body["estimate"]["unit"] == "g/dL"
+        assert len(body["estimate"]["interval"]) == 2
+        assert body["agreement"] in ("agree", "borderline", "disagree")
+        assert body["notes"]
         assert body["notice"] == "Research use only, not a diagnosis."
         plain = decode_image(png(crop(rng, 7.5))).pixels
         r = client.post(

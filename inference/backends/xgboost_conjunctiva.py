@@ -110,9 +110,7 @@ def agreement(anaemic: bool, value: float, low: float, high: float, cutoff: floa
 class XGBoostConjunctivaBackend(Backend):
     """Masked colour features + XGBoost classifier, with an XGBoost haemoglobin regressor."""
 
-    def __init__(
-        self, spec: ModelSpec, classifier: Any, estimator: Any | None, estimate: EstimateSpec | None
-    ) -> None:
+    def __init__(self, spec: ModelSpec, classifier: Any, estimator: Any | None, estimate: EstimateSpec | None) -> None:
         super().__init__(spec)
         if spec.n_outputs != 1:
             raise ModelLoadFailed(f"{spec.id}: the conjunctiva backend needs a binary head")
