@@ -353,7 +353,6 @@ def test_installed_model_on_real_val_meets_the_floor(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "ece", "per_class", "sensitivity", "specificity", "roc_auc"):
         assert key in m, key
-    assert m["n"] == 85
     # floors on val (children of the training hospitals; 85 images, so noisy)
     assert m["accuracy"] >= 0.78
     assert m["roc_auc"]["Anemic"] >= 0.85
