@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.logs import current_request_id
 from auth.audit import AuditEntry, result_summary
@@ -41,6 +41,13 @@ class PredictResponse(BaseModel):
     # DOCTORAI_EXPERIMENTAL_MODELS lets such a model answer at all (otherwise: 403 with the reason)
     experimental: str | None = None
     notice: str = RESEARCH_NOTICE
+    # models with a numeric estimate beside the class (conjunctiva: haemoglobin):
+    # {name, value, unit, interval: [low, high], level}; None for the others
+    estimate: dict[str, Any] | None = None
+    # how the class and the estimate compare: "agree", "borderline" or "disagree" (None without one)
+    agreement: str | None = None
+    # what the user should know about this input or result (e.g. no alpha mask), readable sentences
+    notes: list[str] = Field(default_factory=list)
 
 
 class _DependencyChecks:
@@ -217,6 +224,13 @@ def build_router(runtime: Runtime, auth: AuthContext) -> APIRouter:
             cached=result.cached,
             sha256=result.sha256,
             experimental=spec.below_floor,
+            estimate=result.prediction.extra.get("estimate"),
+            agreement=result.prediction.extra.get("agreement"),
+            notes=[
+                str(n)
+                for n in (result.prediction.extra.get("agreement_note"), result.prediction.extra.get("input_note"))
+                if n
+            ],
         )
 
     return router

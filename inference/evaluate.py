@@ -56,7 +56,8 @@ def predict_files(backend: Backend, paths: Sequence[Path], batch_size: int = 32)
     rows: list[list[float]] = []
     for i in tqdm(range(0, len(paths), batch_size), desc="evaluate", disable=None):
         chunk = paths[i : i + batch_size]
-        images = [decode_image(p.read_bytes(), filename=p.name).pixels for p in chunk]
+        keep_alpha = backend.spec.input.keep_alpha
+        images = [decode_image(p.read_bytes(), filename=p.name).model_pixels(keep_alpha) for p in chunk]
         out = backend.predict(images, explain=False)
         rows.extend([pred.probabilities[c] for c in ids] for pred in out.predictions)
     return np.asarray(rows, np.float64).reshape(len(paths), len(ids))
@@ -224,7 +225,7 @@ def evaluate(
         from inference.imaging import decode_image
         from inference.specs_io import update_model_entry
 
-        pixels = decode_image(folder.paths[0].read_bytes()).pixels
+        pixels = decode_image(folder.paths[0].read_bytes()).model_pixels(spec.input.keep_alpha)
         cost = cpu_cost_ms(backend, pixels)
         weights = spec.weights_path(Path(model_dir))
         size_mb = weights.stat().st_size / 2**20 if weights is not None and weights.exists() else 0.0

@@ -102,12 +102,22 @@ class DecodedImage:
         sha256: hex SHA-256 of the raw input bytes (cache key; computed once here).
         meta: facts about the source, e.g. original mode and size; for DICOM also modality,
             photometric interpretation, frame count, frame used and the window applied.
+        alpha: ``HxW`` ``uint8`` opacity of an image that had an alpha channel (``pixels`` are
+            then composited over black), else None. Models that segment by it (a masked
+            conjunctiva crop) ask for it with :meth:`model_pixels`.
     """
 
     pixels: np.ndarray
     format: str
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
+    alpha: np.ndarray | None = None
+
+    def model_pixels(self, keep_alpha: bool = False) -> np.ndarray:
+        """What a model gets: ``pixels``, or ``HxWx4`` RGBA when ``keep_alpha`` and there is alpha."""
+        if not keep_alpha or self.alpha is None:
+            return self.pixels
+        return np.ascontiguousarray(np.dstack([self.pixels, self.alpha]))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -186,7 +196,10 @@ def decode_image(
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         logger.error("decoder produced shape %s for a %s upload", pixels.shape, fmt)
         raise CorruptImage(_corrupt_message(fmt))
-    return DecodedImage(pixels=pixels, format=fmt, sha256=digest, meta=meta)
+    alpha = meta.pop("alpha", None)
+    if alpha is not None and alpha.shape != pixels.shape[:2]:
+        alpha = None  # cannot happen for Pillow's conversions; never hand a model a misfit mask
+    return DecodedImage(pixels=pixels, format=fmt, sha256=digest, meta=meta, alpha=alpha)
 
 
 def to_png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
@@ -403,6 +416,7 @@ def _pillow_to_rgb(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:
         # hold arbitrary colour that would otherwise show up as noise for the model.
         rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
         alpha = rgba[:, :, 3:4]
+        meta["alpha"] = np.ascontiguousarray(alpha[:, :, 0], dtype=np.uint8)  # moved out by decode_image
         return ((rgba[:, :, :3] * alpha + 127) // 255).astype(np.uint8)
     try:
         # Covers 1, L, P, RGB, RGBX, CMYK, YCbCr, HSV: Pillow knows these conversions.

@@ -77,7 +77,12 @@ def default_loaders() -> dict[str, BackendLoader]:
 
         return XGBoostPalmBackend.load(spec, path, device)
 
-    return {"keras_image": keras_image, "xgboost_palm": xgboost_palm}
+    def xgboost_conjunctiva(spec: ModelSpec, path: Path, device: DevicePolicy) -> Backend:
+        from inference.backends.xgboost_conjunctiva import XGBoostConjunctivaBackend
+
+        return XGBoostConjunctivaBackend.load(spec, path, device)
+
+    return {"keras_image": keras_image, "xgboost_palm": xgboost_palm, "xgboost_conjunctiva": xgboost_conjunctiva}
 
 
 @dataclass

@@ -49,6 +49,9 @@ class InputSpec(BaseModel):
     # "foreground": crop to the bounding square of the non-dark region first; "foreground_box":
     # to its bounding box, stretched to the square input (inference.framing)
     crop: Literal["none", "foreground", "foreground_box"] = "none"
+    # pass an upload's alpha channel as a 4th channel (HxWx4) when it has one: for models that
+    # read a segmentation from it (the conjunctiva crop); the others always get RGB
+    keep_alpha: bool = False
 
 
 class Calibration(BaseModel):
@@ -79,7 +82,7 @@ class ModelSpec(BaseModel):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     display_name: str
     modality: str
-    backend: Literal["keras_image", "xgboost_palm", "chat"]
+    backend: Literal["keras_image", "xgboost_palm", "xgboost_conjunctiva", "chat"]
     head: Head
     classes: list[ClassSpec] = Field(default_factory=list)
     positive_class: str | None = None
@@ -123,7 +126,12 @@ class ModelSpec(BaseModel):
 
     @property
     def is_image_model(self) -> bool:
-        return self.backend in ("keras_image", "xgboost_palm")
+        return self.backend in ("keras_image", "xgboost_palm", "xgboost_conjunctiva")
+
+    @property
+    def explains_by_features(self) -> bool:
+        """True for the XGBoost models: their explanation is a feature-contributions chart, not Grad-CAM."""
+        return self.backend in ("xgboost_palm", "xgboost_conjunctiva")
 
     @property
     def n_outputs(self) -> int:

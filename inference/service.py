@@ -224,7 +224,7 @@ class Analyzer:
                 t = time.perf_counter()
                 self.manager.get(spec.id)
                 timing["model_load"] = (time.perf_counter() - t) * 1e3
-            pred, model_timing = self._predict(spec.id, image.pixels, explain, ticket)
+            pred, model_timing = self._predict(spec.id, image.model_pixels(spec.input.keep_alpha), explain, ticket)
         timing.update(model_timing)
         self.cache.set(key, pred)
         timing["total"] = (time.perf_counter() - t0) * 1e3

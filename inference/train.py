@@ -33,7 +33,12 @@ Keras image models:
   Grad-CAM layer, card fields).
 
 The palm model (``xgboost_palm``) trains an XGBClassifier on the 512 HSV histogram features
-and saves UBJSON.
+and saves UBJSON: ``python -m inference.train palm --data DIR`` with ``DIR/train/AnemicP``,
+``DIR/train/Non-AnemicP`` (and optionally ``DIR/val/...``, used for early stopping and
+calibration), any PNG/JPEG/BMP/TIFF/WebP photographs of palms.
+
+The conjunctiva model (``xgboost_conjunctiva``) has its own trainer,
+:mod:`inference.train_anemia` (hospital-grouped CV, haemoglobin estimator, card).
 """
 
 from __future__ import annotations
@@ -1203,6 +1208,10 @@ def train(model_id: str, cfg: TrainConfig, cv_folds: int | None = None) -> dict[
         return cross_validate(spec, cfg, cv_folds)
     if spec.backend == "xgboost_palm":
         return train_palm(spec, cfg)
+    if spec.backend == "xgboost_conjunctiva":
+        from inference.train_anemia import train_conjunctiva  # its own module: CV, estimator, card
+
+        return train_conjunctiva(spec, cfg)
     if spec.backend != "keras_image":
         raise ValueError(f"{model_id}: the {spec.backend} backend has no trainer")
     return train_keras(spec, cfg)

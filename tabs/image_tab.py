@@ -21,15 +21,38 @@ from tabs.common import NOTICE_HTML, UiAuth, guarded, model_card_markdown
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
 
 
+def estimate_markdown(result: AnalysisResult) -> str:
+    """The estimate beside the class (conjunctiva model): value, interval, and whether it agrees."""
+    extra = result.prediction.extra
+    lines: list[str] = []
+    est = extra.get("estimate")
+    if est:
+        low, high = est["interval"]
+        lines.append(
+            f"**Estimated {est['name']}:** {est['value']:.1f} {est['unit']} "
+            f"({est.get('level', 0.9):.0%} interval {low:.1f}-{high:.1f} {est['unit']}); "
+            "a screening estimate, not a measurement.  "
+        )
+        note = extra.get("agreement_note")
+        if note:
+            mark = "**Disagreement:** " if extra.get("agreement") == "disagree" else ""
+            lines.append(f"{mark}{note}  ")
+    if extra.get("input_note"):
+        lines.append(f"**Note:** {extra['input_note']}  ")
+    return "\n".join(lines)
+
+
 def _summary(result: AnalysisResult) -> str:
     p = result.probabilities[result.label]
+    estimate = estimate_markdown(result)
     total = result.timing_ms.get("total", 0.0)
     cache = "hit (model not run)" if result.cached else "computed"
     load = result.timing_ms.get("model_load")
     loaded = f" (incl. {load / 1000:.1f} s loading the model on first use)" if load else ""
     return (
         f"**Prediction:** {result.label_name} ({p:.1%})  \n"
-        f"**Time:** {total:.0f} ms{loaded} · **Cache:** {cache} · "
+        + (f"{estimate}\n" if estimate else "")
+        + f"**Time:** {total:.0f} ms{loaded} · **Cache:** {cache} · "
         f"**Model:** `{result.model_id}` v{result.spec.version}  \n"
         f"**Input:** {result.image.format if result.image else '?'} · sha256 `{result.sha256[:12]}…`  \n"
         + (f"**Experimental model:** {result.spec.below_floor}.  \n" if result.spec.below_floor else "")
@@ -86,7 +109,9 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
     analysis as an ``ImageContext`` so the chat tab can ask about it."""
     settings = runtime.settings
     names = spec.class_names
-    heatmaps = spec.backend == "keras_image"  # Grad-CAM models: original | overlay slider, PNG downloads
+    # XGBoost models explain with a feature-contributions chart, the others with Grad-CAM
+    by_features = spec.explains_by_features
+    heatmaps = not by_features  # Grad-CAM models: original | overlay slider, PNG downloads
 
     def analyze(
         path: str | None,
@@ -143,10 +168,10 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
         gr.HTML(NOTICE_HTML)
         disabled = runtime.manager.disabled_message(spec.id)
         if disabled:
-            gr.Markdown(f"### ⛔ Experimental model, not enabled\n{disabled}.", elem_classes=["doctorai-experimental"])
+            gr.Markdown(f"### Experimental model, not enabled\n{disabled}.", elem_classes=["doctorai-experimental"])
         elif spec.below_floor:
             gr.Markdown(
-                f"### ⚠️ Experimental model\nServed because experimental models are enabled, but "
+                f"### Experimental model\nServed because experimental models are enabled, but "
                 f"{spec.below_floor}. Do not rely on its output.",
                 elem_classes=["doctorai-experimental"],
             )
@@ -177,21 +202,36 @@ def build_image_tab(runtime: Runtime, spec: ModelSpec, ui: UiAuth, last_result: 
                 )
                 shown_note = gr.Markdown(elem_id=f"preview-note-{spec.id}")
                 button = gr.Button("Analyze", variant="primary", elem_id=f"analyze-{spec.id}")
-                opacity = gr.Slider(0.0, 1.0, value=settings.heatmap_opacity, step=0.05, label="Heatmap opacity")
-                show = gr.Checkbox(value=True, label="Show Grad-CAM heatmap (untick for the plain image)")
+                # kept (hidden) for the feature-chart tabs so every tab's API takes the same inputs
+                opacity = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=settings.heatmap_opacity,
+                    step=0.05,
+                    label="Heatmap opacity",
+                    visible=not by_features,
+                )
+                show = gr.Checkbox(
+                    value=True,
+                    label="Show the feature-contributions chart (untick for the plain image)"
+                    if by_features
+                    else "Show Grad-CAM heatmap (untick for the plain image)",
+                )
             with gr.Column(scale=1):
                 label = gr.Label(
                     num_top_classes=len(spec.classes), label="Class probabilities", elem_id=f"label-{spec.id}"
                 )
+                if by_features:  # the class and the estimate side by side, above the chart
+                    info = gr.Markdown(label="Summary", elem_id=f"info-{spec.id}")
                 view = gr.Image(
-                    label="Grad-CAM overlay",
+                    label="Feature contributions to the prediction" if by_features else "Grad-CAM overlay",
                     type="numpy",
                     format="png",
                     interactive=False,
                     elem_id=f"heatmap-{spec.id}",
                 )
-                info = gr.Markdown(label="Summary", elem_id=f"info-{spec.id}")
                 if heatmaps:
+                    info = gr.Markdown(label="Summary", elem_id=f"info-{spec.id}")
                     slider = gr.ImageSlider(
                         label="Original | Grad-CAM overlay (drag the handle to compare)",
                         type="numpy",
