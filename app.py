@@ -8,6 +8,7 @@ Nothing heavy happens at import: ``app`` is built on first attribute access, so
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from fastapi import FastAPI
 
     from api.chat import build_chat_router
+    from api.gradio_guard import gradio_upload_dir, install_gradio_guard
     from api.logs import install_request_ids
     from api.observability import install_metrics
     from api.routes import APP_VERSION, build_router, install_error_handlers
@@ -34,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from tabs import CSS, build_ui, calm_gradio_queue
 
     settings = settings or get_settings()
+    # Files this process creates (accounts database, Gradio's cache, CSV exports) are for its own
+    # user only: 0600 files, 0700 folders, whatever the umask of the shell that started it.
+    os.umask(0o077)
     runtime = build_runtime(settings)
     auth = build_auth(settings)  # opens + migrates the accounts database, creates the first admin
 
@@ -80,10 +85,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path="/",
         css=CSS,
         max_file_size=settings.max_upload_bytes,
-        show_error=True,
+        # Only gr.Error messages (the domain errors tabs convert) reach the client; anything else
+        # is logged and answered as a bare "Error", never with internals.
+        show_error=False,
         ssr_mode=False,
         footer_links=["api"],
         auth_dependency=gradio_user,
+    )
+    # Gradio's own file checks, completed for the mounted app: per-user cache files, no private
+    # events by name, upload limits (api/gradio_guard.py). Once for the whole UI, so a tab added
+    # later is covered without code of its own.
+    install_gradio_guard(
+        blocks,
+        upload_dir=gradio_upload_dir(),
+        blocked=[settings.data_dir, settings.model_dir, settings.resolved_cache_dir],
+        quota_bytes=int(settings.upload_quota_mb * 2**20),
+        per_minute=settings.uploads_per_minute,
     )
     calm_gradio_queue(blocks, settings.gradio_queue_poll_ms)
     return mounted

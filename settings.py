@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
     forwarded_allow_ips: str = Field("127.0.0.1", description="proxies trusted for X-Forwarded-Proto/-For")
     max_request_kb: int = Field(1024, ge=1, description="largest non-upload request body (JSON, forms)")
+    # Gradio uploads (issue #15): per user, so no account can fill the disk.
+    uploads_per_minute: int = Field(30, ge=0, description="Gradio uploads per user per minute; 0 = off")
+    upload_quota_mb: float = Field(128.0, gt=0, description="most bytes one user may hold in Gradio's upload cache")
 
     # single sign-on (OpenID Connect); unset issuer = off
     oidc_issuer: str | None = None
@@ -114,6 +117,9 @@ class Settings(BaseSettings):
 
     max_upload_mb: float = Field(32.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    decode_memory_mb: int = Field(
+        384, ge=16, description="memory all image decodes in flight may claim together (bounds peak RSS)"
+    )
 
     batching: bool | None = Field(
         None,

@@ -227,4 +227,11 @@ def open_database(url: str, migrate: bool = True) -> Database:
             upgrade(db)
         except DBAPIError as exc:
             raise DatabaseUnavailable(f"cannot migrate the account database: {exc.orig}") from exc
+    if url.startswith("sqlite:///"):
+        # Accounts, sessions and audit rows: readable by the server's user only, also for a file an
+        # older version created 0644.
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            target = Path(url.removeprefix("sqlite:///") + suffix)
+            if target.exists():
+                target.chmod(0o600)
     return db
