@@ -278,12 +278,10 @@ def cached_features(
     feats = extract_features(spec, backbone, images)
     flipped = extract_features(spec, backbone, np.ascontiguousarray(images[:, :, ::-1]))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        cache,
-        key=np.array(digest),
-        **{f"plain_{n}": v for n, v in feats.items()},
-        **{f"mirrored_{n}": v for n, v in flipped.items()},
-    )
+    arrays: dict[str, np.ndarray] = {"key": np.array(digest)}
+    arrays.update({f"plain_{n}": v for n, v in feats.items()})
+    arrays.update({f"mirrored_{n}": v for n, v in flipped.items()})
+    np.savez(cache, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     return feats, flipped
 
 

@@ -217,6 +217,7 @@ def test_training_selects_by_grouped_cv_and_installs_both_boosters(trained: tupl
     assert spec.version != "0.0.0"
     assert spec.options["feature_set"] == chosen
     est = spec.options["estimate"]
+    assert spec.weights is not None
     assert (model_dir / spec.weights.file).is_file()
     assert (model_dir / est["file"]).is_file()
     assert spec.weights.sha256
