@@ -56,8 +56,8 @@ clean:
 ## Retrain the four starter models from ../shared/datasets, one after another, install them into
 ## assets/models + assets/models.yaml and write their val metrics and CPU cost into the cards.
 ## Wall time measured on 2 CPU cores (2026-11-26/27): brain 44 min (224 px in mixed bfloat16: 23 epochs fit the 43-min budget, by load),
-## lung/colon 22 min, chest X-ray 26 min, monkeypox 5-fold patient-grouped CV ~35 min plus the final
-## 12-epoch model ~8 min: about 2.3 h in all. Tests running beside it slow every epoch.
+## lung/colon 22 min, chest X-ray 26 min, monkeypox EfficientNet-Lite0 probe
+## (recipe chosen by repeated patient-grouped CV) ~8 min, conjunctiva_anemia ~16 min: about 2 h in all. Tests running beside it slow every epoch.
 DATASETS ?= ../shared/datasets
 TRAIN := $(BIN)/python -m inference.train
 EVALUATE := $(BIN)/python -m inference.evaluate
@@ -69,6 +69,7 @@ train-all: install
 	$(EVALUATE) lung_colon --data $(DATASETS)/lung_colon --out runs/lung_colon/eval --write-card
 	$(TRAIN) chest_xray --data $(DATASETS)/chest_xray --out runs/chest_xray --install --epochs 16 --patience 5 --max-minutes 43
 	$(EVALUATE) chest_xray --data $(DATASETS)/chest_xray --out runs/chest_xray/eval --write-card
-	$(TRAIN) monkeypox --data $(DATASETS)/monkeypox --cv 5 --epochs 12 --out runs/monkeypox_cv --install
-	$(TRAIN) monkeypox --data $(DATASETS)/monkeypox --out runs/monkeypox --install --epochs 12 --max-minutes 43
-	$(EVALUATE) monkeypox --data $(DATASETS)/monkeypox --out runs/monkeypox/eval --write-card
+	$(TRAIN) import-backbone efficientnet_lite0
+	$(TRAIN) probe monkeypox --data $(DATASETS)/monkeypox --install
+	$(EVALUATE) monkeypox --data $(DATASETS)/monkeypox --out runs/monkeypox/eval
+	$(TRAIN) conjunctiva_anemia --data $(DATASETS)/conjunctiva_anemia --out runs/conjunctiva_anemia --install
