@@ -45,7 +45,7 @@ def build_ui(runtime: Runtime, auth: AuthContext) -> gr.Blocks:
         with gr.Row():
             gr.Markdown(
                 "# DoctorAI\nClinical imaging workbench: upload an image, get class probabilities and a "
-                "Grad-CAM heatmap."
+                "Grad-CAM heatmap or, for the anaemia screens, a feature-contributions chart."
             )
             user_bar = gr.HTML(elem_id="user-bar")
         last_image = gr.State(None)  # the session's latest image result, for the chat tab
