@@ -91,7 +91,7 @@ def test_spec_validation_rejects_inconsistent_heads() -> None:
 
 def test_shipped_registry_matches_the_reference() -> None:
     reg = Registry.from_yaml(REPO / "assets" / "models.yaml")
-    assert reg.ids == ["lung_colon", "monkeypox", "brain_tumor", "chest_xray", "palm", "chat"]
+    assert reg.ids == ["lung_colon", "monkeypox", "brain_tumor", "chest_xray", "palm", "conjunctiva_anemia", "chat"]
     assert reg["lung_colon"].class_ids == ["colon_aca", "colon_n", "lung_aca", "lung_n", "lung_scc"]
     assert reg["lung_colon"].head is Head.SOFTMAX
     # brain labels were reversed in the original; monkeypox ones swapped: pin the right order.
