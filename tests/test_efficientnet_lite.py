@@ -284,4 +284,4 @@ def test_probe_selects_by_patient_grouped_cv_and_installs_one_served_model(tmp_p
         backbone=backbone, size=32, c_grid=(0.01, 1.0), cuts=("block14",), seeds=(1,), folds=2, install=True,
     )  # fmt: skip
     assert again["installed"] is False
-    assert Registry.from_yaml(registry)["monkeypox"].version == "2.0.0"
+    assert Registry.from_yaml(registry)["monkeypox"].version == new.version  # kept, not bumped again
