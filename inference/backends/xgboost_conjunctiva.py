@@ -19,7 +19,6 @@ What it adds:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +34,10 @@ from inference.backends.conjunctiva_features import (
     features_of_tissue,
     tissue,
 )
-from inference.backends.xgboost_palm import MARGIN_CLASS_ATTR, load_booster
+from inference.backends.xgboost_palm import load_booster, margin_sign
 from inference.errors import ModelLoadFailed
 from inference.heads import labelled
 from inference.registry import ModelSpec, file_sha256
-
-log = logging.getLogger(__name__)
 
 FEATURE_SET_ATTR = "doctorai_feature_set"
 TARGET_ATTR = "doctorai_target"
@@ -133,16 +130,9 @@ class XGBoostConjunctivaBackend(Backend):
                     f"{spec.id}: the {what} was trained on feature set {trained_on!r}, the spec says "
                     f"{self.feature_set!r}"
                 )
-        positive = spec.class_ids[1]  # the head's raw output is P(classes[1])
-        margin_class = classifier.attr(MARGIN_CLASS_ATTR)
-        if margin_class is None:
-            log.warning("%s: booster has no %s attribute; assuming it scores %s", spec.id, MARGIN_CLASS_ATTR, positive)
-            margin_class = positive
-        if margin_class not in spec.class_ids:
-            raise ModelLoadFailed(f"{spec.id}: the booster scores {margin_class!r}, which is not a class of the spec")
-        self._sign = 1.0 if margin_class == positive else -1.0
+        self._sign = margin_sign(spec, classifier)
         # which class means "anaemic" for the agreement check: the spec's positive class
-        self._anaemic_class = spec.positive_class or positive
+        self._anaemic_class = spec.positive_class or spec.class_ids[1]
         self.classifier = classifier
         self.estimator = estimator
         self.estimate = estimate

@@ -92,6 +92,21 @@ def load_booster(path: Path) -> Any:
     return booster
 
 
+def margin_sign(spec: ModelSpec, booster: Any) -> float:
+    """+1 when the booster's positive margin scores ``classes[1]`` (the head's raw output is
+    P(classes[1])), -1 when it scores ``classes[0]``; read from the booster's recorded
+    margin class, so the label order never depends on a directory listing. Shared by every
+    backend of the XGBoost family."""
+    positive = spec.class_ids[1]
+    margin_class = booster.attr(MARGIN_CLASS_ATTR)
+    if margin_class is None:
+        log.warning("%s: booster has no %s attribute; assuming it scores %s", spec.id, MARGIN_CLASS_ATTR, positive)
+        margin_class = positive
+    if margin_class not in spec.class_ids:
+        raise ModelLoadFailed(f"{spec.id}: the booster scores {margin_class!r}, which is not a class of the spec")
+    return 1.0 if margin_class == positive else -1.0
+
+
 class XGBoostPalmBackend(Backend):
     """HSV histogram + XGBoost; the explanation is each feature's contribution to the margin."""
 
@@ -102,14 +117,7 @@ class XGBoostPalmBackend(Backend):
         n = int(booster.num_features())
         if n != N_FEATURES:
             raise ModelLoadFailed(f"{spec.id}: the booster expects {n} features, the palm features are {N_FEATURES}")
-        margin_class = booster.attr(MARGIN_CLASS_ATTR)
-        positive = spec.class_ids[1]  # the head's raw output is P(classes[1])
-        if margin_class is None:
-            log.warning("%s: booster has no %s attribute; assuming it scores %s", spec.id, MARGIN_CLASS_ATTR, positive)
-            margin_class = positive
-        if margin_class not in spec.class_ids:
-            raise ModelLoadFailed(f"{spec.id}: the booster scores {margin_class!r}, which is not a class of the spec")
-        self._sign = 1.0 if margin_class == positive else -1.0
+        self._sign = margin_sign(spec, booster)
         self.booster = booster
 
     @classmethod
