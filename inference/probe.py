@@ -523,8 +523,8 @@ def install_probe(
     spec: ModelSpec, model_path: Path, s: dict[str, Any], registry: Path, model_dir: Path, version: str | None
 ) -> ModelSpec:
     """Copy the model file and update the registry entry (weights, input, options, calibration, card)."""
+    from inference.registry import bump_version
     from inference.specs_io import update_model_entry
-    from inference.train import _bump_version
 
     current = Registry.from_yaml(registry)[spec.id]
     dest_name = current.weights.file if current.weights else model_path.name
@@ -538,7 +538,7 @@ def install_probe(
     updates: dict[str, Any] = {
         "input": {"size": spec.input.size, "scale": spec.input.scale, "offset": spec.input.offset},
         "weights": {"file": dest_name, "sha256": file_sha256(dest)},
-        "version": version or (f"{major + 1}.0.0" if major else _bump_version(current.version)),
+        "version": version or (f"{major + 1}.0.0" if major else bump_version(current.version)),
         "gradcam_layer": spec.gradcam_layer,
         "calibration": {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items() if v is not None},
         "options": {k: spec.options[k] for k in ("architecture", "lite_stages", "lite_head", "drop_connect")},

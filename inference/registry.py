@@ -221,3 +221,10 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def bump_version(version: str) -> str:
+    """The version a retrained model gets: ``1.0.0`` for a first (0.x) model, else the next patch."""
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:3]] + [0, 0, 0]
+    major, minor, patch = parts[:3]
+    return "1.0.0" if major == 0 else f"{major}.{minor}.{patch + 1}"

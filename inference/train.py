@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from inference.framing import CropMode
-from inference.registry import Calibration, Head, ModelSpec, Registry, file_sha256
+from inference.registry import Calibration, Head, ModelSpec, Registry, bump_version, file_sha256
 
 log = logging.getLogger("inference.train")
 
@@ -960,12 +960,6 @@ def _best_epoch(epochs: list[dict[str, Any]], monitor: str, mode: str) -> int | 
     return (max(values) if mode == "max" else min(values))[1]
 
 
-def _bump_version(version: str) -> str:
-    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:3]] + [0, 0, 0]
-    major, minor, patch = parts[:3]
-    return "1.0.0" if major == 0 else f"{major}.{minor}.{patch + 1}"
-
-
 def install(
     spec: ModelSpec,
     model_path: Path,
@@ -998,7 +992,7 @@ def install(
     updates: dict[str, Any] = {
         "input": {"size": spec.input.size},
         "weights": {"file": dest_name, "sha256": file_sha256(dest)},
-        "version": cfg.version or _bump_version(current.version),
+        "version": cfg.version or bump_version(current.version),
         "gradcam_layer": summary["gradcam_layer"],
         "calibration": {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items() if v is not None},
         "threshold": round(float(summary["threshold"]), 6),
@@ -1160,7 +1154,7 @@ def train_palm(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
             spec.id,
             {
                 "weights": {"file": dest_name, "sha256": file_sha256(dest)},
-                "version": cfg.version or _bump_version(current.version),
+                "version": cfg.version or bump_version(current.version),
                 "calibration": {k: v for k, v in cal.model_dump().items() if v is not None},
             },
         )

@@ -448,8 +448,8 @@ def install(
     estimate_opts: dict[str, Any],
 ) -> ModelSpec:
     """Copy both boosters to ``cfg.model_dir`` and write the spec (weights, options, card)."""
+    from inference.registry import bump_version
     from inference.specs_io import update_model_entry
-    from inference.train import _bump_version
 
     current = Registry.from_yaml(cfg.registry)[spec.id]
     dest = cfg.model_dir / (current.weights.file if current.weights else clf_path.name)
@@ -460,7 +460,7 @@ def install(
     cal = summary["calibration"]
     updates: dict[str, Any] = {
         "weights": {"file": dest.name, "sha256": file_sha256(dest)},
-        "version": cfg.version or _bump_version(current.version),
+        "version": cfg.version or bump_version(current.version),
         "threshold": 0.5,
         "calibration": {k: v for k, v in cal.items() if v is not None},
         "options": {
