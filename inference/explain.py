@@ -51,7 +51,7 @@ def render_feature_contributions(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from inference.backends.xgboost_palm import bin_label
+    from inference.backends.hsv_histogram import bin_label
 
     values = np.asarray(contributions, dtype=np.float64).ravel()
     order = np.argsort(-np.abs(values), kind="stable")[:top][::-1]

@@ -1086,7 +1086,8 @@ def train_palm(spec: ModelSpec, cfg: TrainConfig) -> dict[str, Any]:
     """Train the palm XGBoost model on HSV histogram features; save UBJ (and install)."""
     import xgboost as xgb
 
-    from inference.backends.xgboost_palm import MARGIN_CLASS_ATTR, XGBoostPalmBackend, palm_features
+    from inference.backends.hsv_histogram import palm_features
+    from inference.backends.xgboost_palm import MARGIN_CLASS_ATTR, XGBoostPalmBackend
     from inference.heads import apply_head
     from inference.imaging import decode_image
     from inference.metrics import classification_metrics, fit_calibration

@@ -15,16 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from inference.backends.xgboost_palm import (
-    MARGIN_CLASS_ATTR,
-    N_FEATURES,
-    XGBoostPalmBackend,
-    bin_label,
-    features_from_bgr,
-    load_booster,
-    main,
-    palm_features,
-)
+from inference.backends.hsv_histogram import N_FEATURES, bin_label, features_from_bgr, palm_features
+from inference.backends.xgboost_palm import MARGIN_CLASS_ATTR, XGBoostPalmBackend, load_booster, main
 from inference.errors import ModelLoadFailed
 from inference.explain import render_explanation
 from inference.manager import ModelManager, default_loaders

@@ -29,11 +29,12 @@ from typing import Literal
 
 import numpy as np
 
+from inference.backends.hsv_histogram import N_BINS, N_FEATURES, bin_label
+
 ALPHA_MIN = 128  # alpha at or above this is tissue; the dataset's soft edges hold 1-2% of pixels
 MAX_SIDE = 256  # masks are sampled down to this (nearest neighbour) before the statistics
 MIN_TISSUE_PIXELS = 50  # fewer masked pixels than this cannot give stable statistics
-N_BINS = 8
-N_HSV = N_BINS**3
+N_HSV = N_FEATURES  # the palm histogram's 8x8x8 bins, over the mask
 PERCENTILES = (10, 25, 50, 75, 90)
 _EPS = 1.0
 
@@ -179,7 +180,6 @@ FeatureSet = Literal["hsv", "colour", "hsv+colour"]
 
 def feature_names(feature_set: str) -> list[str]:
     """Readable names of a feature set's columns, in order."""
-    from inference.backends.xgboost_palm import bin_label
 
     names: list[str] = []
     if "hsv" in feature_set.split("+"):
